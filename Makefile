@@ -1,0 +1,56 @@
+# sockdemo's one boring Makefile. Every target sets up what it needs on a
+# fresh machine: a .venv with maturin and the test tools, then the extension
+# built into it (`maturin develop`, so the checkout's python/ is what runs).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TOOLS  := $(VENV)/.tools-installed
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: all build run test test-rust test-python lint bench clean
+
+all: build
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(TOOLS): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
+	$(PY) -m pip install --quiet --group dev
+	touch $@
+
+## build: compile the Rust core (release) into .venv
+build: $(TOOLS)
+	$(VENV)/bin/maturin develop --release --quiet
+
+## run: start the v2 server on 127.0.0.1:65432 (Ctrl+C stops it)
+run: build
+	$(PY) python/server.v2.py $(ARGS)
+
+## test: Rust unit and integration tests, then the pytest suite
+test: test-rust test-python
+
+test-rust:
+	cargo test --quiet
+
+test-python: build
+	$(PY) -m pytest
+
+## lint: formatting, clippy, ruff, and the .pyi stub against the module
+lint: build
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features python -- -D warnings
+	$(VENV)/bin/ruff check python tests
+	$(VENV)/bin/ruff format --check python tests
+	$(PY) -m mypy.stubtest sockdemo._sockdemo
+
+## bench: side-by-side benchmark (see README)
+bench: build
+	$(PY) tests/bench/compare.py $(ARGS)
+
+clean:
+	cargo clean
+	rm -rf $(VENV) python/sockdemo/*.so

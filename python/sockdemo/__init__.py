@@ -1,0 +1,57 @@
+"""sockdemo: the classic socket echo example on a Rust core.
+
+A TCP server that answers every message with ``Server received: <message>``
+and says goodbye to ``bye``, and a client for it; the networking is Rust
+(tokio, rustls), reached through this package::
+
+    import sockdemo
+
+    with sockdemo.Server(port=0) as srv:
+        srv.start()
+        with sockdemo.Client("127.0.0.1", srv.server_address[1]) as c:
+            print(c.request("hello"))        # Server received: hello
+        srv.shutdown()
+
+Errors are the standard ones (``ConnectionRefusedError``, ``TimeoutError``,
+``ValueError``...) or subclasses of them from :mod:`sockdemo.errors`. Rust's
+log records go to :mod:`logging` under the ``sockdemo`` logger.
+"""
+
+from __future__ import annotations
+
+import atexit
+
+from ._sockdemo import (
+    BYE_REPLY,
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_HOST,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PORT,
+    DEFAULT_PREFIX,
+    Client,
+    Server,
+    __version__,
+    _shutdown_all,
+    generate_self_signed,
+)
+from .errors import MessageTooLarge, ProtocolError, TLSError
+
+__all__ = [
+    "BYE_REPLY",
+    "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_PORT",
+    "DEFAULT_PREFIX",
+    "Client",
+    "MessageTooLarge",
+    "ProtocolError",
+    "Server",
+    "TLSError",
+    "__version__",
+    "generate_self_signed",
+]
+
+# Servers started in the background serve on Rust threads that log through
+# Python; stop them while the interpreter is still whole.
+atexit.register(_shutdown_all)

@@ -1,0 +1,7 @@
+"""``python -m sockdemo server|client|bench|cert``: see ``--help``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

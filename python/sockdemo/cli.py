@@ -1,0 +1,493 @@
+"""The command-line programs: ``python -m sockdemo server|client|bench|cert``.
+
+The four scripts of the original example (``server.py``, ``client.py``,
+``server.v2.py``, ``client.v2.py``) are thin shims over the functions at the
+bottom of this file; they differ from the subcommands only in their defaults.
+
+Every program prints its output lines exactly as the original did, turns
+network conditions and bad input into one ``Error: ...`` line and a non-zero
+exit status, and treats Ctrl+C (and SIGTERM for servers) as a normal ending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Callable, NoReturn
+
+from . import _sockdemo
+from ._sockdemo import (
+    BYE_REPLY,
+    DEFAULT_BUFFER_SIZE,
+    DEFAULT_HOST,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PORT,
+    DEFAULT_PREFIX,
+    Client,
+    Server,
+)
+from .errors import TLSError
+
+#: What ``client.py`` sends when given no message.
+HELLO = "Hello from the client!"
+
+Main = Callable[[argparse.Namespace], int]
+
+
+def _say(line: str) -> None:
+    """Prints a line at once: the output is often a pipe read line by line."""
+    print(line, flush=True)
+
+
+def _shown(text: str) -> str:
+    """Text safe to print: undecodable bytes (kept as surrogates) become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, not {port}")
+    return port
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value}")
+    return seconds
+
+
+def _describe(exc: OSError, host: str, port: int) -> str:
+    """One sentence for a network failure, in the original's words where it had them."""
+    if isinstance(exc, ConnectionRefusedError):
+        return f"Connection refused. Is the server running on {host}:{port}?"
+    if isinstance(exc, TimeoutError):
+        return f"Timed out talking to {host}:{port}."
+    if isinstance(exc, TLSError):
+        return f"TLS with {host}:{port} failed: {exc}"
+    if isinstance(exc, ConnectionError):
+        return f"Connection to {host}:{port} lost: {exc.strerror or exc}."
+    if exc.errno == errno.EADDRINUSE:
+        return f"Address {host}:{port} is already in use. Is another server running on it?"
+    if exc.errno == errno.EACCES:
+        return f"Permission denied binding {host}:{port} (ports below 1024 need privileges)."
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc.strerror or exc)
+
+
+def _fail(message: str) -> int:
+    _say(f"Error: {message}")
+    return 1
+
+
+def _interrupt_on_sigterm() -> None:
+    """Makes SIGTERM end a server the way Ctrl+C does: drain, then exit 0."""
+
+    def handler(signum: int, frame: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _configure_logging(level: str) -> None:
+    """Shows sockdemo's log records as plain lines on stdout, like the original's prints."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("sockdemo")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+# -- arguments -----------------------------------------------------------------
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to use (default {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free port, shown on the first line)",
+    )
+
+
+def _add_protocol(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--protocol",
+        choices=("raw", "framed"),
+        default="raw",
+        help="raw: one read of up to --buffer-size bytes is one message (the original); "
+        "framed: 4-byte big-endian length + payload (default raw)",
+    )
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> None:
+    _add_address(parser)
+    parser.add_argument(
+        "--max-clients",
+        type=_positive,
+        default=max_clients,
+        help=f"clients served at once; later ones wait their turn (default {max_clients})",
+    )
+    _add_protocol(parser)
+    parser.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help=f"text before every echoed message (default {DEFAULT_PREFIX!r})",
+    )
+    parser.add_argument(
+        "--buffer-size",
+        type=_positive,
+        default=DEFAULT_BUFFER_SIZE,
+        metavar="BYTES",
+        help=f"size of one raw message (default {DEFAULT_BUFFER_SIZE})",
+    )
+    parser.add_argument(
+        "--max-message-size",
+        type=_positive,
+        default=DEFAULT_MAX_MESSAGE_SIZE,
+        metavar="BYTES",
+        help=f"largest framed message accepted (default {DEFAULT_MAX_MESSAGE_SIZE})",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="close connections that send nothing for this long (default: never)",
+    )
+    parser.add_argument(
+        "--message-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="a message (or TLS handshake) once started must arrive within this (default 30)",
+    )
+    parser.add_argument(
+        "--write-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="a reply must be written within this; a client that never reads is "
+        "dropped (default 30)",
+    )
+    parser.add_argument("--certfile", metavar="PEM", help="serve TLS with this certificate chain")
+    parser.add_argument(
+        "--keyfile", metavar="PEM", help="the certificate's private key (default: in --certfile)"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="info shows connections (and messages when --max-clients is 1); "
+        "debug shows every message (default info)",
+    )
+
+
+def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_address(parser)
+    _add_protocol(parser)
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="give up on connecting or on a reply after this long (default: wait)",
+    )
+    parser.add_argument(
+        "--cafile", metavar="PEM", help="use TLS, trusting the certificates in this file"
+    )
+    parser.add_argument(
+        "--server-hostname",
+        metavar="NAME",
+        help="name the server's certificate must carry (default: --host; needs --cafile)",
+    )
+
+
+# -- servers -------------------------------------------------------------------
+
+
+def _open_server(args: argparse.Namespace) -> Server | None:
+    _configure_logging(getattr(args, "log_level", "info"))
+    try:
+        return Server(
+            args.host,
+            args.port,
+            max_clients=args.max_clients,
+            protocol=args.protocol,
+            reply_prefix=args.prefix,
+            idle_timeout=args.idle_timeout,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+            buffer_size=args.buffer_size,
+            max_message_size=args.max_message_size,
+            message_timeout=args.message_timeout,
+            write_timeout=args.write_timeout,
+        )
+    except OSError as exc:
+        _fail(_describe(exc, args.host, args.port))
+    except ValueError as exc:
+        _fail(str(exc))
+    return None
+
+
+def _listening(server: Server) -> None:
+    host, port = server.server_address[:2]
+    _say(f"Server listening on {host}:{port}")
+
+
+def run_server(args: argparse.Namespace) -> int:
+    """Serves clients until Ctrl+C or SIGTERM (``server.v2.py``)."""
+    server = _open_server(args)
+    if server is None:
+        return 1
+    with server:
+        _listening(server)
+        _interrupt_on_sigterm()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            _say("Server shutting down.")
+        except OSError as exc:
+            return _fail(f"the server stopped: {exc}")
+    return 0
+
+
+def run_basic_server(args: argparse.Namespace) -> int:
+    """Serves one client one message, like the original ``server.py``."""
+    server = _open_server(args)
+    if server is None:
+        return 1
+    with server:
+        _listening(server)
+        _interrupt_on_sigterm()
+        try:
+            server.handle_request(max_messages=1)
+        except KeyboardInterrupt:
+            _say("Server shutting down.")
+            return 0
+        except OSError as exc:
+            return _fail(f"the server stopped: {exc}")
+    _say("Connection closed.")
+    return 0
+
+
+# -- clients -------------------------------------------------------------------
+
+
+def _connect(args: argparse.Namespace) -> Client:
+    return Client(
+        args.host,
+        args.port,
+        protocol=args.protocol,
+        timeout=args.timeout,
+        cafile=args.cafile,
+        server_hostname=args.server_hostname,
+    )
+
+
+def run_client(args: argparse.Namespace) -> int:
+    """Sends the messages given, or holds an interactive session if none."""
+    try:
+        client = _connect(args)
+    except OSError as exc:
+        return _fail(_describe(exc, args.host, args.port))
+    except ValueError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        _say("Interrupted by user.")
+        return 0
+    _say(f"Connected to server {args.host}:{args.port}")
+    try:
+        if args.messages:
+            return _send_all(client, args.messages)
+        return _converse(client)
+    except OSError as exc:
+        return _fail(_describe(exc, args.host, args.port))
+    finally:
+        _say("Closing connection.")
+        client.close()
+
+
+def _send_all(client: Client, messages: Sequence[str]) -> int:
+    try:
+        for message in messages:
+            _say(f"Sending: {_shown(message)}")
+            reply = client.request(message)
+            _say(f"Received from server: {_shown(reply)}")
+            if reply == BYE_REPLY:
+                break
+    except ValueError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        _say("Interrupted by user.")
+    return 0
+
+
+def _converse(client: Client) -> int:
+    """The interactive loop of ``client.v2.py``."""
+    while True:
+        try:
+            message = input("> ")
+        except EOFError:
+            _say("\nInput stream closed.")
+            return 0
+        except KeyboardInterrupt:
+            _say("\nInterrupted by user.")
+            return 0
+        command = message.strip().lower()
+        if command in ("quit", "exit"):
+            return 0
+        if not command:
+            # The original sent an empty message and then waited forever for
+            # a reply that an empty send never asks for.
+            continue
+        try:
+            reply = client.request(message)
+        except KeyboardInterrupt:
+            _say("\nInterrupted by user.")
+            return 0
+        except ValueError as exc:  # too large: say so, keep the session
+            _say(f"Error: {exc}")
+            continue
+        _say(f"Received from server: {_shown(reply)}")
+        if command == "bye":
+            return 0
+
+
+# -- certificates --------------------------------------------------------------
+
+
+def run_cert(args: argparse.Namespace) -> int:
+    """Writes a development certificate for localhost and 127.0.0.1."""
+    try:
+        cert, key = _sockdemo.generate_self_signed(args.dir)
+    except OSError as exc:
+        return _fail(_describe(exc, "", 0))
+    _say(f"Wrote {cert} and {key} (self-signed for localhost, 127.0.0.1 and ::1).")
+    _say(f"Serve:   python -m sockdemo server --certfile {cert} --keyfile {key}")
+    _say(f"Connect: python -m sockdemo client --cafile {cert}")
+    return 0
+
+
+# -- entry points ----------------------------------------------------------------
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    main: Main = args.main
+    return main(args)
+
+
+def _server_parser(prog: str, description: str, max_clients: int, main: Main) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    _add_server_arguments(parser, max_clients)
+    parser.set_defaults(main=main)
+    return parser
+
+
+def _client_parser(prog: str, description: str, messages: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    _add_client_arguments(parser)
+    parser.add_argument(
+        "messages",
+        nargs="*",
+        default=list(messages),
+        metavar="MESSAGE",
+        help="send these and print the replies"
+        + (f" (default {messages[0]!r})" if messages else "; interactive when none"),
+    )
+    parser.set_defaults(main=run_client)
+    return parser
+
+
+SERVER_HELP = (
+    "Echo server: answers each message with the prefix and the message; "
+    "'bye' ends a session. Ctrl+C stops it."
+)
+CLIENT_HELP = (
+    "Client: sends each MESSAGE and prints the reply, or reads lines at a '> ' prompt "
+    "(quit/exit leave, bye says goodbye to the server, Ctrl+D or Ctrl+C end)."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sockdemo``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sockdemo",
+        description="The classic socket echo example on a Rust core.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    server = commands.add_parser("server", help="run the echo server", description=SERVER_HELP)
+    _add_server_arguments(server, max_clients=100)
+    server.set_defaults(main=run_server)
+    client = commands.add_parser("client", help="talk to a server", description=CLIENT_HELP)
+    _add_client_arguments(client)
+    client.add_argument(
+        "messages", nargs="*", metavar="MESSAGE", help="send these; interactive when none"
+    )
+    client.set_defaults(main=run_client)
+    cert = commands.add_parser(
+        "cert",
+        help="write a self-signed development certificate",
+        description="Writes DIR/cert.pem and DIR/key.pem, self-signed for localhost, "
+        "127.0.0.1 and ::1. Use cert.pem as the server's --certfile and the client's --cafile.",
+    )
+    cert.add_argument("dir", metavar="DIR", help="where to write the files (created if missing)")
+    cert.set_defaults(main=run_cert)
+    return _run(parser, argv)
+
+
+def server_script(argv: Sequence[str] | None = None) -> int:
+    """``server.v2.py``: one client at a time by default, until Ctrl+C."""
+    parser = _server_parser(
+        "server.v2.py", SERVER_HELP + " Serves one client at a time by default.", 1, run_server
+    )
+    return _run(parser, argv)
+
+
+def basic_server_script(argv: Sequence[str] | None = None) -> int:
+    """``server.py``: one client, one message, then exit."""
+    parser = _server_parser(
+        "server.py",
+        "Waits for one client, answers its first message, closes, exits.",
+        1,
+        run_basic_server,
+    )
+    return _run(parser, argv)
+
+
+def client_script(argv: Sequence[str] | None = None) -> int:
+    """``client.v2.py``: interactive unless messages are given."""
+    return _run(_client_parser("client.v2.py", CLIENT_HELP, ()), argv)
+
+
+def basic_client_script(argv: Sequence[str] | None = None) -> int:
+    """``client.py``: sends one greeting and prints the reply."""
+    parser = _client_parser(
+        "client.py", "Sends a greeting (or the MESSAGEs given) and prints the reply.", (HELLO,)
+    )
+    return _run(parser, argv)

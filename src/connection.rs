@@ -1,0 +1,411 @@
+//! One client's session: read bytes, cut them into messages, answer, repeat.
+//!
+//! A connection owns its socket and two buffers, both sized to need and
+//! released whenever they empty, so thousands of idle connections cost a task
+//! and a socket each, not a buffer each. Every wait is bounded:
+//!
+//! * between messages, by the idle timeout;
+//! * once a message has started, by the message timeout (a client that trickles
+//!   a frame byte by byte cannot hold a slot forever);
+//! * while writing, by the write timeout (a client that never reads its
+//!   replies cannot grow our memory, only its own socket buffer).
+//!
+//! Every whole message already received is answered before the next read, and
+//! the replies of one batch go out in one write, so a pipelining client gets
+//! its answers in order and in few system calls. On shutdown a connection
+//! stops reading, finishes the reply it is writing (with a short grace
+//! period), and closes.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use log::{Level, debug, info, log, warn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::protocol::{Codec, Decoded, Reply};
+use crate::server::{Config, Handler};
+use crate::stats::Stats;
+
+/// How much to ask the kernel for when no frame size is known yet.
+const READ_CHUNK: usize = 16 * 1024;
+/// Replies buffered before they are written even if more messages wait.
+const FLUSH_AT: usize = 64 * 1024;
+/// How long a reply already being written may take once shutdown is asked.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// What every connection of one server shares.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub codec: Codec,
+    pub stats: Stats,
+    pub handler: Option<Arc<dyn Handler>>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The level of the per-message log line: INFO for a one-client server
+    /// (the original printed every message), DEBUG when many are served.
+    pub message_level: Level,
+}
+
+/// Per-session options that depend on how the server was started.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Session {
+    /// Close after answering this many messages (the one-shot `server.py`).
+    pub max_messages: Option<u64>,
+    /// The level of the "Connection with … closed." line.
+    pub close_level: Level,
+}
+
+/// How a session ended without error.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The client closed its side.
+    Closed,
+    /// The client said `bye` and got the goodbye.
+    Bye,
+    /// The server is shutting down.
+    Shutdown,
+    /// The session's message allowance is used up.
+    Limit,
+}
+
+/// Serves one accepted client until it leaves, fails, or the server stops.
+/// Never returns an error: failures are logged with the peer address and
+/// counted, and go no further than this connection.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    session: Session,
+    shutdown: CancellationToken,
+) {
+    let name = py_address(peer);
+    shared.stats.connection_opened();
+    info!("Connected by {name}");
+    let result = match open(stream, &shared, &shutdown).await {
+        Ok(transport) => {
+            let mut conn = Connection {
+                transport,
+                peer: &name,
+                shared: &shared,
+                session,
+                shutdown: &shutdown,
+            };
+            let result = conn.run().await;
+            conn.close().await;
+            result
+        }
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok(End::Bye) => info!("Client sent 'bye'. Closing connection."),
+        Ok(End::Limit) => debug!("Closing connection with {name}: message limit reached."),
+        Ok(End::Shutdown) => debug!("Closing connection with {name}: server shutting down."),
+        Ok(End::Closed) => {}
+        Err(Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+            warn!("Connection with {name} was reset by the client.")
+        }
+        Err(e) => warn!("Connection with {name} failed: {e}"),
+    }
+    shared.stats.connection_closed(result.is_err());
+    log!(session.close_level, "Connection with {name} closed.");
+}
+
+/// Formats an address the way Python prints a socket address tuple.
+pub(crate) fn py_address(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("('{}', {})", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!(
+            "('{}', {}, {}, {})",
+            a.ip(),
+            a.port(),
+            a.flowinfo(),
+            a.scope_id()
+        ),
+    }
+}
+
+/// Turns an accepted socket into a transport, doing the TLS handshake if the
+/// server has a certificate. The handshake is bounded by the message timeout.
+async fn open(
+    stream: TcpStream,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Result<Transport> {
+    // Replies are written whole; waiting for more data to coalesce only adds latency.
+    let _ = stream.set_nodelay(true);
+    let Some(acceptor) = &shared.tls else {
+        return Ok(Transport::Plain(stream));
+    };
+    let limit = shared.config.message_timeout;
+    let handshake = until(limit.map(|t| Instant::now() + t), acceptor.accept(stream));
+    tokio::select! {
+        result = handshake => match result {
+            Some(Ok(tls)) => Ok(Transport::Tls(Box::new(tls))),
+            Some(Err(e)) => Err(Error::from_io(e)),
+            None => Err(Error::Timeout(limit.unwrap_or_default())),
+        },
+        _ = shutdown.cancelled() => Err(Error::Io(io::ErrorKind::Interrupted.into())),
+    }
+}
+
+/// A plain or TLS byte stream.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// Reads what is available into `buf`, reserving `want` bytes only once
+    /// data is there, so an idle plain connection holds no buffer at all.
+    async fn read_into(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => loop {
+                stream.readable().await?;
+                buf.reserve(want);
+                match stream.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    result => return result,
+                }
+            },
+            Transport::Tls(stream) => {
+                buf.reserve(want);
+                match stream.read_buf(buf).await {
+                    // A peer that closes without close_notify has still closed.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                    result => result,
+                }
+            }
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.write_all(data).await,
+            Transport::Tls(stream) => {
+                stream.write_all(data).await?;
+                stream.flush().await
+            }
+        }
+    }
+
+    /// Says goodbye at the transport level: FIN, or close_notify then FIN.
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.shutdown().await,
+            Transport::Tls(stream) => stream.shutdown().await,
+        }
+    }
+}
+
+struct Connection<'a> {
+    transport: Transport,
+    peer: &'a str,
+    shared: &'a Shared,
+    session: Session,
+    shutdown: &'a CancellationToken,
+}
+
+impl Connection<'_> {
+    async fn run(&mut self) -> Result<End> {
+        let shared = self.shared;
+        let config = &shared.config;
+        let mut inbuf = BytesMut::new();
+        let mut answered: u64 = 0;
+        // When the message now partly in `inbuf` must be complete by.
+        let mut message_deadline: Option<Instant> = None;
+        loop {
+            let mut want = READ_CHUNK;
+            let mut out = Vec::new();
+            let mut batch: u64 = 0;
+            let mut end = None;
+            loop {
+                let frame = match shared.codec.decode(&inbuf) {
+                    Ok(Decoded::Message(frame)) => frame,
+                    Ok(Decoded::Incomplete { needed }) => {
+                        want = want.max(needed);
+                        break;
+                    }
+                    Err(e) => {
+                        self.refuse(&e, out).await;
+                        return Err(e);
+                    }
+                };
+                let message = &inbuf[frame.payload.clone()];
+                self.log_message(message);
+                if self.reply(message, &mut out)? == Reply::Bye {
+                    end = Some(End::Bye);
+                }
+                inbuf.advance(frame.consumed());
+                batch += 1;
+                message_deadline = None;
+                if end.is_some()
+                    || self
+                        .session
+                        .max_messages
+                        .is_some_and(|max| answered + batch >= max)
+                {
+                    end = end.or(Some(End::Limit));
+                    break;
+                }
+                if out.len() >= FLUSH_AT {
+                    self.flush(&mut out, &mut batch).await?;
+                }
+            }
+            answered += batch;
+            self.flush(&mut out, &mut batch).await?;
+            if let Some(end) = end {
+                return Ok(end);
+            }
+
+            // Nothing is buffered between messages: give the memory back.
+            if inbuf.is_empty() {
+                inbuf = BytesMut::new();
+            } else if message_deadline.is_none() {
+                message_deadline = config.message_timeout.map(|t| Instant::now() + t);
+            }
+            let (deadline, limit) = match message_deadline {
+                Some(at) => (Some(at), config.message_timeout),
+                None => (
+                    config.idle_timeout.map(|t| Instant::now() + t),
+                    config.idle_timeout,
+                ),
+            };
+            let read = self.transport.read_into(&mut inbuf, want);
+            let n = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(End::Shutdown),
+                result = until(deadline, read) => match result {
+                    Some(n) => n?,
+                    None => return Err(Error::Timeout(limit.unwrap_or_default())),
+                },
+            };
+            if n == 0 {
+                if !inbuf.is_empty() {
+                    return Err(Error::Protocol(format!(
+                        "connection closed in the middle of a message ({} bytes received)",
+                        inbuf.len()
+                    )));
+                }
+                return Ok(End::Closed);
+            }
+            shared.stats.received(n);
+        }
+    }
+
+    /// Appends the answer to `message` to `out`: the handler's reply if there
+    /// is a handler and it gave one, the echo otherwise, the goodbye for bye.
+    fn reply(&self, message: &[u8], out: &mut Vec<u8>) -> Result<Reply> {
+        let shared = self.shared;
+        let codec = &shared.codec;
+        if let (Some(handler), false) = (&shared.handler, crate::protocol::is_bye(message)) {
+            // The handler may block (a Python callable waits for the
+            // interpreter): tell the runtime so other connections keep going.
+            let custom = tokio::task::block_in_place(|| handler.reply(self.peer, message))
+                .map_err(Error::Handler)?;
+            if let Some(reply) = custom {
+                codec.encode(&[&reply], out)?;
+                return Ok(Reply::Echo);
+            }
+        }
+        codec.encode_reply(&shared.config.reply_prefix, message, out)
+    }
+
+    fn log_message(&self, message: &[u8]) {
+        let level = self.shared.message_level;
+        if log::log_enabled!(level) {
+            let text = String::from_utf8_lossy(message);
+            log!(
+                level,
+                "Received from client: {}",
+                text.trim_end_matches(['\r', '\n'])
+            );
+        }
+    }
+
+    /// Writes the buffered replies, bounded by the write timeout and, once
+    /// shutdown is asked, by a short grace period.
+    async fn flush(&mut self, out: &mut Vec<u8>, batch: &mut u64) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let config = &self.shared.config;
+        let write = until(
+            config.write_timeout.map(|t| Instant::now() + t),
+            self.transport.write_all(out),
+        );
+        let grace = async {
+            self.shutdown.cancelled().await;
+            sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            result = write => match result {
+                Some(written) => written?,
+                None => return Err(Error::Timeout(config.write_timeout.unwrap_or_default())),
+            },
+            _ = grace => return Err(Error::Timeout(SHUTDOWN_GRACE)),
+        }
+        self.shared.stats.answered(*batch, out.len());
+        *batch = 0;
+        // Replies are rare enough to allocate each time; holding the largest
+        // one ever sent for the rest of the session would not be.
+        *out = Vec::new();
+        Ok(())
+    }
+
+    /// Tells the peer why its message is refused, as one message in its own
+    /// protocol, after the replies already due. Best effort: the connection
+    /// is closing anyway.
+    async fn refuse(&mut self, error: &Error, mut out: Vec<u8>) {
+        let text = format!("Error: {error}");
+        if self
+            .shared
+            .codec
+            .encode(&[text.as_bytes()], &mut out)
+            .is_ok()
+        {
+            let mut batch = 0;
+            let _ = self.flush(&mut out, &mut batch).await;
+        }
+    }
+
+    async fn close(&mut self) {
+        // A peer that has gone already makes this fail; there is nothing to add.
+        let _ = until(
+            Some(Instant::now() + SHUTDOWN_GRACE),
+            self.transport.shutdown(),
+        )
+        .await;
+    }
+}
+
+/// Runs `fut`, or gives up at `deadline` (`None`).
+async fn until<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
+    match deadline {
+        Some(at) => timeout_at(at, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_print_like_python_tuples() {
+        assert_eq!(
+            py_address("127.0.0.1:5000".parse().unwrap()),
+            "('127.0.0.1', 5000)"
+        );
+        assert_eq!(
+            py_address("[::1]:5000".parse().unwrap()),
+            "('::1', 5000, 0, 0)"
+        );
+    }
+}

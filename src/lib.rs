@@ -1,0 +1,36 @@
+//! sockdemo: the classic Python socket echo example, rebuilt on Rust.
+//!
+//! A TCP server answers every message with `Server received: <message>` and
+//! says goodbye to `bye`; a client talks to it. The core is Rust (tokio for
+//! the server, a plain blocking socket for the client, rustls for TLS) and
+//! Python reaches it as the module `sockdemo` (see `python.rs`, built only
+//! with the `python` feature so that `cargo test` needs no Python).
+//!
+//! # Layout
+//!
+//! * [`protocol`]: the wire formats (raw and framed) as a sans-IO codec,
+//!   written once and used by server, client and load generator.
+//! * [`server`]: the accept loop, the connection limit, graceful shutdown, and
+//!   the blocking [`server::Server`] handle Python drives.
+//! * `connection`: one client's session: buffers, timeouts, replies.
+//! * [`client`]: the blocking client.
+//! * [`tls`]: rustls configurations from PEM files, development certificates.
+//! * [`bench`]: the load generator.
+//! * [`stats`]: the counters a server keeps.
+//! * [`error`]: the one error type.
+//! * `python`: the pyo3 module; the only file that knows about Python.
+
+pub mod bench;
+pub mod client;
+mod connection;
+pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod stats;
+pub mod tls;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, Result};
+pub use protocol::Protocol;

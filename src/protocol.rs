@@ -1,0 +1,412 @@
+//! The wire protocols, written once and used by the server, the client and the
+//! load generator.
+//!
+//! This module does no I/O ("sans-IO"): it looks at bytes that someone else
+//! read and says where the next whole message is, and it appends replies to a
+//! buffer that someone else will write. Keeping it free of sockets is what lets
+//! one codec serve blocking and async code alike, and lets property tests feed
+//! it arbitrary bytes.
+//!
+//! Two protocols exist (see `PROTOCOL.md` for the bytes on the wire):
+//!
+//! * [`Protocol::Raw`], the original example's: whatever one read of up to
+//!   `buffer_size` (1024) bytes returns is one message. The reply is the prefix
+//!   followed by the message bytes, unchanged.
+//! * [`Protocol::Framed`]: a 4-byte big-endian length, then that many bytes.
+//!   Replies are framed the same way.
+//!
+//! In both, a message equal to `bye` (ignoring ASCII case and surrounding
+//! whitespace) is answered with [`BYE_REPLY`] and ends the session.
+
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// Where the original example listens.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// The original example's port.
+pub const DEFAULT_PORT: u16 = 65432;
+/// What the server puts before every echoed message.
+pub const DEFAULT_PREFIX: &str = "Server received: ";
+/// The answer to `bye`, after which the server closes the connection.
+pub const BYE_REPLY: &str = "Server acknowledging bye. Goodbye!";
+/// The original's `recv(1024)`: the size of one raw message.
+pub const DEFAULT_BUFFER_SIZE: usize = 1024;
+/// The largest framed message accepted by default (1 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+/// Size of the length header of a framed message.
+pub const FRAME_HEADER_LEN: usize = 4;
+/// The largest length a frame header can express.
+pub const MAX_FRAME_LEN: usize = u32::MAX as usize;
+
+/// Which wire format a connection speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// One read of up to `buffer_size` bytes is one message (the original).
+    #[default]
+    Raw,
+    /// A 4-byte big-endian length followed by the payload.
+    Framed,
+}
+
+impl Protocol {
+    /// The name used on command lines and in Python (`"raw"`, `"framed"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Raw => "raw",
+            Protocol::Framed => "framed",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "raw" => Ok(Protocol::Raw),
+            "framed" => Ok(Protocol::Framed),
+            other => Err(Error::invalid(format!(
+                "unknown protocol {other:?}: expected \"raw\" or \"framed\""
+            ))),
+        }
+    }
+}
+
+/// Is this message the session-ending `bye`?
+///
+/// ASCII case and surrounding ASCII whitespace are ignored, so netcat's
+/// `bye\n` and a shouted `BYE` both count.
+pub fn is_bye(message: &[u8]) -> bool {
+    message.trim_ascii().eq_ignore_ascii_case(b"bye")
+}
+
+/// Where the next whole message sits in a buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The payload's bytes within the buffer.
+    pub payload: Range<usize>,
+}
+
+impl Frame {
+    /// How many bytes of the buffer this message used, header included:
+    /// advance the buffer by this much once the message is handled.
+    pub fn consumed(&self) -> usize {
+        self.payload.end
+    }
+}
+
+/// The result of looking for a message in the bytes received so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole message is at the front of the buffer.
+    Message(Frame),
+    /// More bytes are needed; at least `needed` more complete the message.
+    /// Readers use it to size their buffer to need.
+    Incomplete { needed: usize },
+}
+
+/// A codec for one protocol with its limits.
+///
+/// Cheap to copy; build one per server or client and share it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Codec {
+    protocol: Protocol,
+    buffer_size: usize,
+    max_message_size: usize,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Codec {
+            protocol: Protocol::Raw,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+impl Codec {
+    /// A codec for `protocol`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `buffer_size` is zero or
+    /// `max_message_size` does not fit a frame header.
+    pub fn new(
+        protocol: Protocol,
+        buffer_size: usize,
+        max_message_size: usize,
+    ) -> crate::Result<Self> {
+        if buffer_size == 0 {
+            return Err(Error::invalid("buffer_size must be at least 1 byte"));
+        }
+        if max_message_size > MAX_FRAME_LEN {
+            return Err(Error::invalid(format!(
+                "max_message_size must be at most {MAX_FRAME_LEN} bytes (a 4-byte length)"
+            )));
+        }
+        Ok(Codec {
+            protocol,
+            buffer_size,
+            max_message_size,
+        })
+    }
+
+    /// The protocol this codec speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The size of one raw message.
+    pub fn buffer_size(&self) -> usize {
+        self.buffer_size
+    }
+
+    /// The largest framed payload accepted.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// Finds the next whole message at the front of `buf`.
+    ///
+    /// Raw: any non-empty buffer holds a message, cut at `buffer_size` bytes
+    /// exactly as a `recv(buffer_size)` would have cut it. Framed: the header
+    /// is checked against `max_message_size` before the caller is asked for
+    /// more bytes, so an absurd length is refused before anything is
+    /// allocated for it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`] when a frame declares more than the limit.
+    pub fn decode(&self, buf: &[u8]) -> crate::Result<Decoded> {
+        match self.protocol {
+            Protocol::Raw if buf.is_empty() => Ok(Decoded::Incomplete { needed: 1 }),
+            Protocol::Raw => Ok(Decoded::Message(Frame {
+                payload: 0..buf.len().min(self.buffer_size),
+            })),
+            Protocol::Framed => decode_frame(buf, self.max_message_size),
+        }
+    }
+
+    /// Appends one message made of `parts` (sent back to back) to `out`.
+    ///
+    /// Raw adds nothing around the bytes; framed puts the length first. Taking
+    /// the parts separately lets the server write prefix and echo without
+    /// first joining them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`] if a framed message cannot be expressed in
+    /// a 4-byte length.
+    pub fn encode(&self, parts: &[&[u8]], out: &mut Vec<u8>) -> crate::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.protocol == Protocol::Framed {
+            let header = u32::try_from(len).map_err(|_| Error::MessageTooLarge {
+                size: len,
+                limit: MAX_FRAME_LEN,
+                hint: "",
+            })?;
+            out.reserve(FRAME_HEADER_LEN + len);
+            out.extend_from_slice(&header.to_be_bytes());
+        } else {
+            out.reserve(len);
+        }
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+        Ok(())
+    }
+
+    /// Appends the server's answer to `message` and says whether the session
+    /// ends with it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::encode`].
+    pub fn encode_reply(
+        &self,
+        prefix: &[u8],
+        message: &[u8],
+        out: &mut Vec<u8>,
+    ) -> crate::Result<Reply> {
+        if is_bye(message) {
+            self.encode(&[BYE_REPLY.as_bytes()], out)?;
+            Ok(Reply::Bye)
+        } else {
+            self.encode(&[prefix, message], out)?;
+            Ok(Reply::Echo)
+        }
+    }
+
+    /// Checks, before sending, that `message` will reach the server as one
+    /// message and come back whole.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MessageTooLarge`]: in raw mode for more than `buffer_size`
+    /// bytes (the server would cut it into several messages), in framed mode
+    /// for more than `max_message_size`.
+    pub fn check_outgoing(&self, message: &[u8]) -> crate::Result<()> {
+        let (limit, hint) = match self.protocol {
+            Protocol::Raw => (
+                self.buffer_size,
+                "; a raw message must fit one read, use protocol \"framed\" for larger messages",
+            ),
+            Protocol::Framed => (self.max_message_size, ""),
+        };
+        if message.len() > limit {
+            return Err(Error::MessageTooLarge {
+                size: message.len(),
+                limit,
+                hint,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the server's answer to a message means for the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// An ordinary reply; the session goes on.
+    Echo,
+    /// The goodbye; the server closes the connection after sending it.
+    Bye,
+}
+
+fn decode_frame(buf: &[u8], limit: usize) -> crate::Result<Decoded> {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Ok(Decoded::Incomplete {
+            needed: FRAME_HEADER_LEN - buf.len(),
+        });
+    };
+    let len = u32::from_be_bytes(*header) as usize;
+    if len > limit {
+        return Err(Error::MessageTooLarge {
+            size: len,
+            limit,
+            hint: "",
+        });
+    }
+    let end = FRAME_HEADER_LEN + len;
+    if buf.len() < end {
+        return Ok(Decoded::Incomplete {
+            needed: end - buf.len(),
+        });
+    }
+    Ok(Decoded::Message(Frame {
+        payload: FRAME_HEADER_LEN..end,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(limit: usize) -> Codec {
+        Codec::new(Protocol::Framed, DEFAULT_BUFFER_SIZE, limit).unwrap()
+    }
+
+    #[test]
+    fn bye_ignores_case_and_surrounding_whitespace() {
+        for yes in [&b"bye"[..], b"BYE", b" Bye\r\n", b"bye\n", b"\tbYe "] {
+            assert!(is_bye(yes), "{yes:?}");
+        }
+        for no in [&b"by e"[..], b"byebye", b"", b"goodbye", b"bye."] {
+            assert!(!is_bye(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn raw_cuts_at_buffer_size() {
+        let codec = Codec::default();
+        let buf = vec![b'x'; 2500];
+        assert_eq!(
+            codec.decode(&buf).unwrap(),
+            Decoded::Message(Frame { payload: 0..1024 })
+        );
+        assert_eq!(
+            codec.decode(&buf[..10]).unwrap(),
+            Decoded::Message(Frame { payload: 0..10 })
+        );
+        assert_eq!(
+            codec.decode(b"").unwrap(),
+            Decoded::Incomplete { needed: 1 }
+        );
+    }
+
+    #[test]
+    fn raw_reply_is_prefix_then_exact_bytes() {
+        let mut out = Vec::new();
+        let reply = Codec::default()
+            .encode_reply(b"P: ", b"\xff\xfe caf\xc3", &mut out)
+            .unwrap();
+        assert_eq!(reply, Reply::Echo);
+        assert_eq!(out, b"P: \xff\xfe caf\xc3");
+    }
+
+    #[test]
+    fn framed_waits_for_header_and_payload() {
+        let codec = framed(100);
+        assert_eq!(
+            codec.decode(b"\0\0").unwrap(),
+            Decoded::Incomplete { needed: 2 }
+        );
+        assert_eq!(
+            codec.decode(b"\0\0\0\x05he").unwrap(),
+            Decoded::Incomplete { needed: 3 }
+        );
+        assert_eq!(
+            codec.decode(b"\0\0\0\x05hello+").unwrap(),
+            Decoded::Message(Frame { payload: 4..9 })
+        );
+        assert_eq!(
+            codec.decode(b"\0\0\0\0").unwrap(),
+            Decoded::Message(Frame { payload: 4..4 })
+        );
+    }
+
+    #[test]
+    fn framed_refuses_a_large_declared_length_from_the_header_alone() {
+        let err = framed(100).decode(&[0xff, 0xff, 0xff, 0xff]).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::MessageTooLarge {
+                size: 0xffff_ffff,
+                limit: 100,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn framed_bye_is_framed() {
+        let mut out = Vec::new();
+        let reply = framed(100)
+            .encode_reply(b"P: ", b"BYE\n", &mut out)
+            .unwrap();
+        assert_eq!(reply, Reply::Bye);
+        assert_eq!(&out[..4], &(BYE_REPLY.len() as u32).to_be_bytes());
+        assert_eq!(&out[4..], BYE_REPLY.as_bytes());
+    }
+
+    #[test]
+    fn outgoing_limits_depend_on_the_protocol() {
+        assert!(Codec::default().check_outgoing(&[0; 1024]).is_ok());
+        assert!(matches!(
+            Codec::default().check_outgoing(&[0; 1025]),
+            Err(Error::MessageTooLarge { limit: 1024, .. })
+        ));
+        assert!(framed(2048).check_outgoing(&[0; 2048]).is_ok());
+        assert!(framed(2048).check_outgoing(&[0; 2049]).is_err());
+    }
+}

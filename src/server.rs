@@ -1,0 +1,524 @@
+//! The server: a bound listener, an accept loop, a connection limit, and a
+//! graceful shutdown.
+//!
+//! [`run`] is the whole engine as one async function of an already-bound
+//! listener and a shutdown token, in the shape of mini-redis: binding and
+//! argument parsing live at the edge. It waits for a free slot *before*
+//! accepting, so clients beyond `max_clients` wait in the kernel's backlog
+//! exactly as they did with the original one-at-a-time server: they are
+//! queued, never refused. Each connection task owns its semaphore permit and
+//! frees the slot when it ends, however it ends.
+//!
+//! Shutdown happens in three visible steps: decide (cancel the token), tell
+//! (every connection `select!`s on it), wait (`TaskTracker::close` + `wait`).
+//!
+//! [`Server`] wraps that engine in a blocking, thread-safe handle (the shape of
+//! Python's `socketserver`): it binds in its constructor, serves on a tokio
+//! runtime of its own, and can be waited on, shut down and closed from any
+//! thread.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use log::{Level, info, warn};
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{self, Session, Shared};
+use crate::error::{Error, Result};
+use crate::protocol::{
+    Codec, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, Protocol,
+};
+use crate::stats::{Snapshot, Stats};
+
+/// How a server behaves; every limit has a safe default.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Clients served at once; later ones wait in the backlog (default 100).
+    pub max_clients: usize,
+    /// The wire protocol (default raw).
+    pub protocol: Protocol,
+    /// What precedes every echoed message (default `Server received: `).
+    pub reply_prefix: Vec<u8>,
+    /// The size of one raw message (default 1024).
+    pub buffer_size: usize,
+    /// The largest framed message accepted (default 1 MiB).
+    pub max_message_size: usize,
+    /// Close a connection that sends nothing for this long (default: never).
+    pub idle_timeout: Option<Duration>,
+    /// Once a message (or a TLS handshake) has started, the rest must arrive
+    /// within this time (default 30 s).
+    pub message_timeout: Option<Duration>,
+    /// A reply must be written within this time (default 30 s).
+    pub write_timeout: Option<Duration>,
+    /// The pending-connection queue given to `listen()` (default 1024).
+    pub backlog: i32,
+    /// Serve TLS with this configuration (default: plain TCP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_clients: 100,
+            protocol: Protocol::Raw,
+            reply_prefix: DEFAULT_PREFIX.as_bytes().to_vec(),
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            idle_timeout: None,
+            message_timeout: Some(Duration::from_secs(30)),
+            write_timeout: Some(Duration::from_secs(30)),
+            backlog: 1024,
+            tls: None,
+        }
+    }
+}
+
+/// Computes replies in place of the echo.
+///
+/// `reply` returns the bytes to send back, `Ok(None)` for the default echo
+/// reply, or `Err` with a description when it failed (it logs the details
+/// itself); a failure closes that client's connection and nothing else. It
+/// runs on a server thread and may block.
+pub trait Handler: Send + Sync {
+    /// Answers `message` from the client at `peer` (formatted like a Python
+    /// address tuple).
+    fn reply(&self, peer: &str, message: &[u8]) -> std::result::Result<Option<Vec<u8>>, String>;
+}
+
+/// What one start of the server does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve every client until shut down.
+    Forever,
+    /// Serve one client, then stop; close it after `max_messages` messages if
+    /// set. This is the original `server.py`.
+    Once { max_messages: Option<u64> },
+}
+
+/// Serves clients from `listener` until `shutdown` is cancelled (or, in
+/// [`Mode::Once`], one client has been served), then waits for every
+/// connection to finish.
+///
+/// # Errors
+///
+/// Only a failure of the listener itself; every per-connection error is
+/// logged and contained.
+pub(crate) async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mode: Mode,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let limit = Arc::new(Semaphore::new(shared.config.max_clients));
+    let tracker = TaskTracker::new();
+    let (session, once) = match mode {
+        Mode::Forever => (
+            Session {
+                max_messages: None,
+                close_level: Level::Info,
+            },
+            false,
+        ),
+        // The one-shot script prints its own closing line.
+        Mode::Once { max_messages } => (
+            Session {
+                max_messages,
+                close_level: Level::Debug,
+            },
+            true,
+        ),
+    };
+    let mut backoff = Backoff::default();
+    let result = loop {
+        let permit = tokio::select! {
+            // The semaphore is never closed, so acquiring fails never.
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break Ok(()),
+            },
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = accept(&listener, &mut backoff) => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => break Err(e),
+            },
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            connection::serve(stream, peer, shared, session, shutdown).await;
+            drop(permit);
+        });
+        if once {
+            break Ok(());
+        }
+    };
+    tracker.close();
+    tracker.wait().await;
+    result
+}
+
+/// Accepts the next connection, riding out errors that concern one
+/// connection or a passing shortage of resources.
+async fn accept(
+    listener: &TcpListener,
+    backoff: &mut Backoff,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => {
+                backoff.reset();
+                return Ok(accepted);
+            }
+            Err(e) if is_resource_shortage(&e) => {
+                // Out of file descriptors or memory: the pending connection
+                // stays in the backlog. Retrying at once would spin a core, so
+                // wait, longer each time, until a connection frees something.
+                let pause = backoff.next();
+                if backoff.first_in_episode() {
+                    warn!(
+                        "Cannot accept a connection ({e}); retrying every {pause:?} until resources free up."
+                    );
+                }
+                tokio::time::sleep(pause).await;
+            }
+            // The client gave up between connecting and being accepted.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_resource_shortage(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux and the BSDs alike.
+    const SHORTAGES: [i32; 4] = [24, 23, 105, 12];
+    e.raw_os_error()
+        .is_some_and(|code| SHORTAGES.contains(&code))
+        || e.kind() == io::ErrorKind::OutOfMemory
+}
+
+/// Exponential back-off from 5 ms up to half a second.
+#[derive(Debug, Default)]
+struct Backoff {
+    current: Option<Duration>,
+    steps: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_millis(500);
+
+    fn next(&mut self) -> Duration {
+        let next = match self.current {
+            None => Self::FIRST,
+            Some(d) => (d * 2).min(Self::MAX),
+        };
+        self.current = Some(next);
+        self.steps += 1;
+        next
+    }
+
+    fn first_in_episode(&self) -> bool {
+        self.steps == 1
+    }
+
+    fn reset(&mut self) {
+        if self.steps > 0 {
+            info!("Accepting connections again.");
+        }
+        *self = Backoff::default();
+    }
+}
+
+/// Binds a listening socket with SO_REUSEADDR, so a restarted server gets
+/// its port back at once instead of waiting out TIME_WAIT.
+///
+/// # Errors
+///
+/// Name resolution and bind failures (`EADDRINUSE`, `EACCES`…).
+pub fn bind(host: &str, port: u16, backlog: i32) -> Result<StdListener> {
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        match bind_one(addr, backlog) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Io(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("no address found for {host:?}"),
+        )
+    })))
+}
+
+fn bind_one(addr: SocketAddr, backlog: i32) -> io::Result<StdListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// A bound server that serves on threads of its own.
+///
+/// All methods take `&self` and may be called from any thread. Dropping it
+/// stops serving without waiting; call [`Server::shutdown`] to wait.
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    state: Mutex<State>,
+}
+
+struct State {
+    listener: Option<StdListener>,
+    runtime: Option<Runtime>,
+    running: Option<Running>,
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    done: Arc<Completion>,
+}
+
+impl Server {
+    /// Binds `host:port` (port 0 picks a free port) and prepares to serve.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for an unusable configuration, [`Error::Io`]
+    /// if the address cannot be bound.
+    pub fn bind(
+        host: &str,
+        port: u16,
+        config: Config,
+        handler: Option<Arc<dyn Handler>>,
+    ) -> Result<Self> {
+        if config.max_clients == 0 {
+            return Err(Error::invalid("max_clients must be at least 1"));
+        }
+        if config.max_clients > Semaphore::MAX_PERMITS {
+            return Err(Error::invalid("max_clients is too large"));
+        }
+        let codec = Codec::new(config.protocol, config.buffer_size, config.max_message_size)?;
+        let listener = bind(host, port, config.backlog)?;
+        let local_addr = listener.local_addr()?;
+        let shared = Shared {
+            codec,
+            stats: Stats::default(),
+            handler,
+            tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            message_level: if config.max_clients == 1 {
+                Level::Info
+            } else {
+                Level::Debug
+            },
+            config,
+        };
+        Ok(Server {
+            shared: Arc::new(shared),
+            local_addr,
+            state: Mutex::new(State {
+                listener: Some(listener),
+                runtime: None,
+                running: None,
+            }),
+        })
+    }
+
+    /// The address actually bound (with the real port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The configuration the server was bound with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> Snapshot {
+        self.shared.stats.snapshot()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The lock guards plain data and no code panics while holding it;
+        // should that ever change, the data is still consistent to use.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts serving in the background and returns at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if already serving, `EBADF` if closed, or an
+    /// I/O error starting the runtime.
+    pub fn start(&self, mode: Mode) -> Result<()> {
+        let mut state = self.state();
+        if state.running.as_ref().is_some_and(|r| !r.done.is_done()) {
+            return Err(Error::invalid("the server is already serving"));
+        }
+        let Some(listener) = &state.listener else {
+            return Err(Error::Io(io::Error::from_raw_os_error(9))); // EBADF, as a closed socket says
+        };
+        let listener = listener.try_clone()?;
+        let runtime = match state.runtime.take() {
+            Some(runtime) => runtime,
+            None => tokio::runtime::Builder::new_multi_thread()
+                .thread_name("sockdemo-server")
+                .enable_all()
+                .build()?,
+        };
+        let listener = {
+            let _context = runtime.enter();
+            TcpListener::from_std(listener)
+        };
+        let runtime = state.runtime.insert(runtime);
+        let listener = listener?;
+        let shutdown = CancellationToken::new();
+        let done = Arc::new(Completion::default());
+        let task = run(listener, self.shared.clone(), mode, shutdown.clone());
+        let finished = done.clone();
+        runtime.spawn(async move { finished.complete(task.await) });
+        state.running = Some(Running { shutdown, done });
+        Ok(())
+    }
+
+    fn completion(&self) -> Option<Arc<Completion>> {
+        self.state().running.as_ref().map(|r| r.done.clone())
+    }
+
+    /// Waits up to `timeout` for serving to end. `None` means still serving;
+    /// `Some` carries how it ended (also when it was not serving at all).
+    ///
+    /// # Errors
+    ///
+    /// Inside the `Some`: the listener failure that stopped the server.
+    pub fn wait(&self, timeout: Duration) -> Option<Result<()>> {
+        match self.completion() {
+            Some(done) => done.wait(Some(timeout)),
+            None => Some(Ok(())),
+        }
+    }
+
+    /// Stops accepting, lets replies in flight go out, closes every
+    /// connection, and returns once all of that is done. Idempotent.
+    pub fn shutdown(&self) {
+        let running = self.state().running.take();
+        if let Some(running) = running {
+            running.shutdown.cancel();
+            running.done.wait(None);
+        }
+    }
+
+    /// Shuts down, then releases the listening socket. Idempotent.
+    pub fn close(&self) {
+        self.shutdown();
+        let mut state = self.state();
+        state.listener = None;
+        if let Some(runtime) = state.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(running) = state.running.take() {
+            running.shutdown.cancel();
+        }
+        // Never block in drop: tasks still winding down are simply dropped.
+        if let Some(runtime) = state.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A one-time result that any number of threads can wait for.
+#[derive(Default)]
+struct Completion {
+    result: Mutex<Option<std::result::Result<(), (io::ErrorKind, Option<i32>, String)>>>,
+    ready: Condvar,
+}
+
+impl Completion {
+    fn complete(&self, result: io::Result<()>) {
+        let result = result.map_err(|e| (e.kind(), e.raw_os_error(), e.to_string()));
+        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        self.ready.notify_all();
+    }
+
+    fn is_done(&self) -> bool {
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Waits for the result, for at most `timeout` if given.
+    fn wait(&self, timeout: Option<Duration>) -> Option<Result<()>> {
+        let guard = self.result.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = match timeout {
+            Some(t) => {
+                self.ready
+                    .wait_timeout_while(guard, t, |r| r.is_none())
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+            None => self
+                .ready
+                .wait_while(guard, |r| r.is_none())
+                .unwrap_or_else(PoisonError::into_inner),
+        };
+        guard.as_ref().map(|result| {
+            result.clone().map_err(|(kind, code, text)| {
+                Error::Io(match code {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(kind, text),
+                })
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_ceiling_and_resets() {
+        let mut b = Backoff::default();
+        assert_eq!(b.next(), Duration::from_millis(5));
+        assert!(b.first_in_episode());
+        assert_eq!(b.next(), Duration::from_millis(10));
+        for _ in 0..20 {
+            b.next();
+        }
+        assert_eq!(b.next(), Backoff::MAX);
+        b.reset();
+        assert_eq!(b.next(), Backoff::FIRST);
+    }
+
+    #[test]
+    fn descriptor_exhaustion_is_a_shortage() {
+        assert!(is_resource_shortage(&io::Error::from_raw_os_error(24)));
+        assert!(!is_resource_shortage(&io::Error::from_raw_os_error(111)));
+    }
+}
