@@ -305,10 +305,10 @@ impl Server {
             (None, Some(_)) => return Err(PyValueError::new_err("keyfile needs a certfile")),
             (None, None) => None,
         };
-        if let Some(handler) = &handler {
-            if !handler.bind(py).is_callable() {
-                return Err(PyTypeError::new_err("handler must be callable"));
-            }
+        if let Some(handler) = &handler
+            && !handler.bind(py).is_callable()
+        {
+            return Err(PyTypeError::new_err("handler must be callable"));
         }
         let config = server::Config {
             max_clients,

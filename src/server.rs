@@ -454,13 +454,13 @@ impl Drop for Server {
 /// A one-time result that any number of threads can wait for.
 #[derive(Default)]
 struct Completion {
-    result: Mutex<Option<std::result::Result<(), (io::ErrorKind, Option<i32>, String)>>>,
+    result: Mutex<Option<Result<(), Arc<io::Error>>>>,
     ready: Condvar,
 }
 
 impl Completion {
     fn complete(&self, result: io::Result<()>) {
-        let result = result.map_err(|e| (e.kind(), e.raw_os_error(), e.to_string()));
+        let result = result.map_err(Arc::new);
         *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
         self.ready.notify_all();
     }
@@ -488,10 +488,11 @@ impl Completion {
                 .unwrap_or_else(PoisonError::into_inner),
         };
         guard.as_ref().map(|result| {
-            result.clone().map_err(|(kind, code, text)| {
-                Error::Io(match code {
+            // Every waiter gets its own copy of the listener's error.
+            result.clone().map_err(|e| {
+                Error::Io(match e.raw_os_error() {
                     Some(code) => io::Error::from_raw_os_error(code),
-                    None => io::Error::new(kind, text),
+                    None => io::Error::new(e.kind(), e.to_string()),
                 })
             })
         })

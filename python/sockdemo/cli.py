@@ -402,7 +402,9 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     return main(args)
 
 
-def _server_parser(prog: str, description: str, max_clients: int, main: Main) -> argparse.ArgumentParser:
+def _server_parser(
+    prog: str, description: str, max_clients: int, main: Main
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     _add_server_arguments(parser, max_clients)
     parser.set_defaults(main=main)

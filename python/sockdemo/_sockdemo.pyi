@@ -1,0 +1,180 @@
+"""The compiled core of sockdemo (Rust: tokio, rustls), reached through pyo3.
+
+Import from :mod:`sockdemo`, which re-exports everything here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Literal, final, overload
+
+__all__ = [
+    "BYE_REPLY",
+    "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_PORT",
+    "DEFAULT_PREFIX",
+    "Client",
+    "Server",
+    "__version__",
+    "_shutdown_all",
+    "generate_self_signed",
+]
+
+__version__: str
+DEFAULT_HOST: str
+"""``"127.0.0.1"``, where the original example listens."""
+DEFAULT_PORT: int
+"""``65432``, the original example's port."""
+DEFAULT_PREFIX: str
+"""``"Server received: "``, what precedes every echoed message."""
+BYE_REPLY: str
+"""``"Server acknowledging bye. Goodbye!"``, the answer to ``bye``."""
+DEFAULT_BUFFER_SIZE: int
+"""``1024``: the size of one raw message (the original's ``recv(1024)``)."""
+DEFAULT_MAX_MESSAGE_SIZE: int
+"""``1048576``: the largest framed message accepted by default."""
+
+_Protocol = Literal["raw", "framed"]
+_Handler = Callable[[str], "str | bytes | None"]
+_StrPath = str | os.PathLike[str]
+
+@final
+class Server:
+    """A TCP echo server, shaped after :class:`socketserver.TCPServer`.
+
+    The constructor binds at once (``OSError`` on failure; ``port=0`` picks a
+    free port, read it back from :attr:`server_address`). Every message gets
+    ``reply_prefix + message`` back, byte for byte; ``bye`` gets
+    :data:`BYE_REPLY` and the connection closes. Up to ``max_clients`` clients
+    are served at once; later ones wait their turn, they are not refused.
+
+    ``handler``, if given, is called with each message (as ``str``, undecodable
+    bytes kept as surrogates) and returns the reply instead (``None`` keeps the
+    echo). It runs on a server thread; an exception in it is logged with its
+    traceback under ``sockdemo.handler`` and closes only that client.
+
+    ``certfile``/``keyfile`` (PEM) turn on TLS. Timeouts are in seconds:
+    ``idle_timeout`` closes connections silent that long (default never),
+    ``message_timeout`` bounds receiving a message once started and the TLS
+    handshake, ``write_timeout`` bounds writing a reply.
+    """
+
+    def __new__(
+        cls,
+        host: str = ...,
+        port: int = 0,
+        max_clients: int = 100,
+        protocol: _Protocol | str = "raw",
+        reply_prefix: str = ...,
+        idle_timeout: float | None = None,
+        certfile: _StrPath | None = None,
+        keyfile: _StrPath | None = None,
+        handler: _Handler | None = None,
+        *,
+        buffer_size: int = ...,
+        max_message_size: int = ...,
+        message_timeout: float | None = ...,
+        write_timeout: float | None = ...,
+    ) -> Server: ...
+    @property
+    def server_address(self) -> tuple[Any, ...]:
+        """``(host, port)`` actually bound (``(host, port, flowinfo, scope_id)`` for IPv6)."""
+    @property
+    def protocol(self) -> str:
+        """``"raw"`` or ``"framed"``."""
+    @property
+    def max_clients(self) -> int:
+        """How many clients are served at once."""
+    def serve_forever(self) -> None:
+        """Serves until :meth:`shutdown` is called from another thread.
+
+        The interpreter is released while serving. Ctrl+C (any exception from
+        a signal handler) shuts the server down gracefully, then propagates.
+        """
+    def handle_request(self, max_messages: int | None = None) -> None:
+        """Serves a single client, then returns (``server.py``).
+
+        With ``max_messages`` the connection is closed after that many replies.
+        """
+    def start(self) -> None:
+        """Serves in the background (on Rust threads) and returns at once."""
+    def shutdown(self) -> None:
+        """Stops serving: no new clients, replies in flight go out, every
+        connection closes. Returns when that is done. Safe from any thread."""
+    def server_close(self) -> None:
+        """Shuts down if serving, then releases the listening socket."""
+    def stats(self) -> dict[str, int]:
+        """Counters: ``connections_accepted``, ``connections_active``,
+        ``messages``, ``bytes_in``, ``bytes_out``, ``errors``."""
+    def __enter__(self) -> Server: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None:
+        """Calls :meth:`server_close`."""
+
+@final
+class Client:
+    """A blocking client for a sockdemo server (or any server of the protocol).
+
+    Connects in the constructor. ``timeout`` (seconds) bounds connecting and
+    each reply; ``TimeoutError`` when it passes. ``cafile`` turns on TLS,
+    verifying the server against those certificates for ``server_hostname``
+    (default: ``host``). Waits wake every 100 ms for signals, so Ctrl+C works.
+    """
+
+    def __new__(
+        cls,
+        host: str = ...,
+        port: int = ...,
+        protocol: _Protocol | str = "raw",
+        timeout: float | None = None,
+        *,
+        cafile: _StrPath | None = None,
+        server_hostname: str | None = None,
+        buffer_size: int = ...,
+        max_message_size: int = ...,
+    ) -> Client: ...
+    @property
+    def server_address(self) -> tuple[Any, ...]:
+        """The server's address."""
+    @overload
+    def request(self, message: str) -> str:
+        """Sends ``message`` and returns the reply, as ``str`` for ``str``.
+
+        Raises :class:`sockdemo.MessageTooLarge` (before sending) for a raw
+        message over ``buffer_size`` bytes or a framed one over
+        ``max_message_size``; ``ConnectionResetError`` if the server closed.
+        In raw mode one read is one reply, as in the original.
+        """
+    @overload
+    def request(self, message: bytes) -> bytes: ...
+    def send(self, message: str | bytes) -> None:
+        """Sends one message without waiting (for pipelining)."""
+    def receive(self) -> bytes:
+        """Reads the next reply."""
+    def close(self) -> None:
+        """Closes the connection. Idempotent."""
+    def __enter__(self) -> Client: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> None:
+        """Calls :meth:`close`."""
+
+def generate_self_signed(dir: _StrPath) -> tuple[str, str]:
+    """Writes ``dir/cert.pem`` and ``dir/key.pem``: a self-signed development
+    certificate for localhost, 127.0.0.1 and ::1. Returns the two paths."""
+
+def _shutdown_all() -> None:
+    """Stops every running server (registered with ``atexit``)."""

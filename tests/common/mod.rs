@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: a server on port 0 and raw peers.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sockdemo::server::{Config, Handler, Mode, Server};
+
+pub const PREFIX: &[u8] = b"Server received: ";
+pub const BYE: &[u8] = b"Server acknowledging bye. Goodbye!";
+
+/// A server serving in the background on 127.0.0.1:0; closed on drop.
+pub struct Running(pub Server);
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let sock = TcpStream::connect(self.addr()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        sock
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+pub fn start(config: Config) -> Running {
+    start_with(config, None)
+}
+
+pub fn start_with(config: Config, handler: Option<Arc<dyn Handler>>) -> Running {
+    let server = Server::bind("127.0.0.1", 0, config, handler).unwrap();
+    server.start(Mode::Forever).unwrap();
+    Running(server)
+}
+
+pub fn read_exactly(sock: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    sock.read_exact(&mut buf).unwrap();
+    buf
+}
+
+pub fn read_to_close(sock: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    sock.read_to_end(&mut buf).unwrap();
+    buf
+}
+
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+pub fn read_frame(sock: &mut TcpStream) -> Vec<u8> {
+    let header = read_exactly(sock, 4);
+    let len = u32::from_be_bytes(header.try_into().unwrap()) as usize;
+    read_exactly(sock, len)
+}
+
+pub fn send(sock: &mut TcpStream, bytes: &[u8]) {
+    sock.write_all(bytes).unwrap();
+}

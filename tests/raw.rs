@@ -1,0 +1,101 @@
+//! The raw protocol, byte for byte, over real loopback sockets.
+
+mod common;
+
+use std::io::Write;
+use std::net::Shutdown;
+
+use common::*;
+use sockdemo::server::{Config, Mode, Server};
+
+/// A message comes back behind the prefix, every byte unchanged.
+#[test]
+fn echo_is_prefix_plus_exact_bytes() {
+    let server = start(Config::default());
+    let mut sock = server.connect();
+    for message in [
+        &b"hello"[..],
+        b"\xff\xfe\x00 not utf-8",
+        "naïve ☃".as_bytes(),
+    ] {
+        send(&mut sock, message);
+        let reply = read_exactly(&mut sock, PREFIX.len() + message.len());
+        assert_eq!(&reply[..PREFIX.len()], PREFIX);
+        assert_eq!(&reply[PREFIX.len()..], message);
+    }
+}
+
+/// More than 1024 bytes at once are cut where a `recv(1024)` would cut them.
+#[test]
+fn messages_are_cut_at_1024_bytes() {
+    let server = start(Config::default());
+    let mut sock = server.connect();
+    let message: Vec<u8> = (0..1500u32).map(|i| b'a' + (i % 26) as u8).collect();
+    send(&mut sock, &message);
+    let reply = read_exactly(&mut sock, 2 * PREFIX.len() + message.len());
+    let mut expected = PREFIX.to_vec();
+    expected.extend_from_slice(&message[..1024]);
+    expected.extend_from_slice(PREFIX);
+    expected.extend_from_slice(&message[1024..]);
+    assert_eq!(reply, expected);
+}
+
+/// `bye` in any case, with netcat's newline, gets the goodbye and a close.
+#[test]
+fn bye_ends_the_session() {
+    let server = start(Config::default());
+    for bye in [&b"bye"[..], b"bye\n", b"  BYE\r\n"] {
+        let mut sock = server.connect();
+        send(&mut sock, bye);
+        assert_eq!(read_to_close(&mut sock), BYE);
+    }
+}
+
+/// A client that half-closes still gets the replies it is owed.
+#[test]
+fn half_close_still_gets_replies() {
+    let server = start(Config::default());
+    let mut sock = server.connect();
+    send(&mut sock, b"last words");
+    sock.shutdown(Shutdown::Write).unwrap();
+    let mut expected = PREFIX.to_vec();
+    expected.extend_from_slice(b"last words");
+    assert_eq!(read_to_close(&mut sock), expected);
+}
+
+/// A custom prefix replaces the default one.
+#[test]
+fn reply_prefix_is_configurable() {
+    let server = start(Config {
+        reply_prefix: b"echo> ".to_vec(),
+        ..Config::default()
+    });
+    let mut sock = server.connect();
+    send(&mut sock, b"x");
+    assert_eq!(read_exactly(&mut sock, 7), b"echo> x");
+}
+
+/// The one-shot mode answers one message, closes, and stops serving.
+#[test]
+fn once_mode_serves_one_message() {
+    let server = Server::bind("127.0.0.1", 0, Config::default(), None).unwrap();
+    server
+        .start(Mode::Once {
+            max_messages: Some(1),
+        })
+        .unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.write_all(b"one").unwrap();
+    assert_eq!(read_to_close(&mut sock), b"Server received: one");
+    assert!(server.wait(std::time::Duration::from_secs(10)).is_some());
+}
+
+/// Nothing is served after shutdown; the port refuses once closed.
+#[test]
+fn close_releases_the_port() {
+    let server = start(Config::default());
+    let addr = server.addr();
+    drop(server);
+    let err = std::net::TcpStream::connect(addr).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+}
