@@ -175,11 +175,17 @@ class Script:
 
 @pytest.fixture
 def run() -> Iterator[Callable[..., Script]]:
-    """Runs scripts (`run("server.v2.py", "--port", "0")`) and kills leftovers."""
+    """Runs scripts (`run("server.v2.py", "--port", "0")`), `python -m sockdemo ...`
+    (`run("-m", "server")`) or `python -c CODE` (`run("-c", CODE)`); kills leftovers."""
     started: list[Script] = []
 
     def start(name: str, *args: str, stdin: int | None = subprocess.DEVNULL) -> Script:
-        argv = ["-m", "sockdemo", *args] if name == "-m" else [str(SCRIPTS / name), *args]
+        if name == "-m":
+            argv = ["-m", "sockdemo", *args]
+        elif name == "-c":
+            argv = ["-c", *args]
+        else:
+            argv = [str(SCRIPTS / name), *args]
         script = Script(*argv, stdin=stdin)
         started.append(script)
         return script
