@@ -36,6 +36,10 @@ use crate::stats::Stats;
 
 /// How much to ask the kernel for when no frame size is known yet.
 const READ_CHUNK: usize = 16 * 1024;
+/// The most reserved ahead of a frame's bytes. A declared length is only a
+/// promise: memory follows the bytes that actually arrive, so a thousand
+/// peers announcing 1 MiB frames and sending nothing cost next to nothing.
+const MAX_READ_AHEAD: usize = 256 * 1024;
 /// Replies buffered before they are written even if more messages wait.
 const FLUSH_AT: usize = 64 * 1024;
 /// How long a reply already being written may take once shutdown is asked.
@@ -229,7 +233,7 @@ impl Connection<'_> {
                 let frame = match shared.codec.decode(&inbuf) {
                     Ok(Decoded::Message(frame)) => frame,
                     Ok(Decoded::Incomplete { needed }) => {
-                        want = want.max(needed);
+                        want = want.max(needed.min(MAX_READ_AHEAD));
                         break;
                     }
                     Err(e) => {

@@ -66,7 +66,9 @@ fn os_error(py: Python<'_>, e: &std::io::Error, filename: Option<&PathBuf>) -> P
         errno(py, name).ok()
     });
     match (code, filename) {
-        (Some(code), Some(path)) => PyOSError::new_err((code, strerror(e), path.clone())),
+        (Some(code), Some(path)) => {
+            PyOSError::new_err((code, strerror(e), path.to_string_lossy().into_owned()))
+        }
         (Some(code), None) => PyOSError::new_err((code, strerror(e))),
         (None, _) => PyOSError::new_err(e.to_string()),
     }

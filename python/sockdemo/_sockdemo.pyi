@@ -6,6 +6,7 @@ Import from :mod:`sockdemo`, which re-exports everything here.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal, final, overload
@@ -172,7 +173,7 @@ class Client:
     ) -> None:
         """Calls :meth:`close`."""
 
-def generate_self_signed(dir: _StrPath) -> tuple[str, str]:
+def generate_self_signed(dir: _StrPath) -> tuple[Path, Path]:
     """Writes ``dir/cert.pem`` and ``dir/key.pem``: a self-signed development
     certificate for localhost, 127.0.0.1 and ::1. Returns the two paths."""
 

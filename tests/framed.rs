@@ -1,0 +1,131 @@
+//! The framed protocol and TLS, byte for byte, against the core server.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use rustls::pki_types::ServerName;
+use sockdemo::Protocol;
+use sockdemo::client::{Client, Config as ClientConfig};
+use sockdemo::server::Config;
+use sockdemo::tls;
+
+fn framed() -> Config {
+    Config {
+        protocol: Protocol::Framed,
+        ..Config::default()
+    }
+}
+
+fn never() -> sockdemo::Result<()> {
+    Ok(())
+}
+
+/// Frames of many sizes, pipelined in one write, come back in order.
+#[test]
+fn pipelined_frames_round_trip_in_order() {
+    let server = start(framed());
+    let mut sock = server.connect();
+    let messages: Vec<Vec<u8>> = (0..200).map(|i| vec![i as u8; i * 37]).collect();
+    let stream: Vec<u8> = messages.iter().flat_map(|m| frame(m)).collect();
+    send(&mut sock, &stream);
+    for message in &messages {
+        let reply = read_frame(&mut sock);
+        assert_eq!(&reply[..PREFIX.len()], PREFIX);
+        assert_eq!(&reply[PREFIX.len()..], &message[..]);
+    }
+}
+
+/// A declared length over the limit gets an error frame and a close.
+#[test]
+fn oversized_length_is_refused_from_the_header() {
+    let server = start(Config {
+        max_message_size: 10,
+        ..framed()
+    });
+    let mut sock = server.connect();
+    send(&mut sock, &[0, 0, 0, 11]);
+    assert_eq!(
+        read_frame(&mut sock),
+        b"Error: message of 11 bytes exceeds the limit of 10 bytes"
+    );
+    assert_eq!(read_to_close(&mut sock), b"");
+}
+
+/// A frame that never completes is cut off by the message timeout.
+#[test]
+fn slow_frame_hits_the_message_timeout() {
+    let server = start(Config {
+        message_timeout: Some(Duration::from_millis(200)),
+        ..framed()
+    });
+    let mut sock = server.connect();
+    send(&mut sock, &[0, 0, 0, 100, b'x']);
+    let mut rest = Vec::new();
+    // EOF (or a reset) once the deadline passes; never the echo.
+    let _ = sock.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    assert_eq!(server.0.stats().errors, 1);
+}
+
+/// The blocking client speaks TLS to the server, framed, with large messages.
+#[test]
+fn tls_client_and_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = tls::generate_self_signed(dir.path()).unwrap();
+    let server = start(Config {
+        tls: Some(tls::server_config(&cert, &key).unwrap()),
+        ..framed()
+    });
+    let config = ClientConfig {
+        protocol: Protocol::Framed,
+        timeout: Some(Duration::from_secs(10)),
+        tls: Some((
+            tls::client_config(&cert).unwrap(),
+            ServerName::try_from("localhost").unwrap(),
+        )),
+        ..ClientConfig::default()
+    };
+    let mut client =
+        Client::connect("127.0.0.1", server.addr().port(), config, &mut never).unwrap();
+    assert!(client.is_tls());
+    let big = vec![7u8; 300_000];
+    let reply = client.request(&big, &mut never).unwrap();
+    assert_eq!(reply.len(), PREFIX.len() + big.len());
+    assert_eq!(client.request(b"bye", &mut never).unwrap(), BYE);
+}
+
+/// A plaintext peer on the TLS port is dropped; the server goes on.
+#[test]
+fn plaintext_on_a_tls_port_is_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = tls::generate_self_signed(dir.path()).unwrap();
+    let server = start(Config {
+        tls: Some(tls::server_config(&cert, &key).unwrap()),
+        ..Config::default()
+    });
+    let mut plain = TcpStream::connect(server.addr()).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut junk = Vec::new();
+    let _ = plain.read_to_end(&mut junk);
+    let config = ClientConfig {
+        timeout: Some(Duration::from_secs(10)),
+        tls: Some((
+            tls::client_config(&cert).unwrap(),
+            ServerName::try_from("127.0.0.1").unwrap(),
+        )),
+        ..ClientConfig::default()
+    };
+    let mut client =
+        Client::connect("127.0.0.1", server.addr().port(), config, &mut never).unwrap();
+    assert_eq!(
+        client.request(b"ok", &mut never).unwrap(),
+        b"Server received: ok"
+    );
+}
