@@ -283,6 +283,80 @@ pub enum Reply {
     Bye,
 }
 
+/// Checks raw replies to one known message as they arrive.
+///
+/// Raw replies carry no boundaries: a message the network delivered in
+/// pieces is answered piece by piece, each piece behind its own prefix. Given
+/// the message sent, this accepts any such cutting and nothing else. It needs
+/// the message not to contain the prefix's first byte, so that a new prefix
+/// can be told from message bytes; the load generator's payloads never do.
+#[derive(Clone, Debug)]
+pub struct RawReplies<'a> {
+    prefix: &'a [u8],
+    message: &'a [u8],
+    /// Bytes of the current prefix matched so far.
+    in_prefix: usize,
+    /// Message bytes matched so far, across pieces.
+    in_message: usize,
+    /// Message bytes matched in the current piece.
+    in_piece: usize,
+}
+
+/// Where checking raw replies stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawCheck {
+    /// Every byte so far fits; more are due.
+    Partial,
+    /// The whole message has come back.
+    Complete,
+    /// A byte that no cutting of the message explains.
+    Mismatch,
+}
+
+impl<'a> RawReplies<'a> {
+    /// Starts checking the replies to `message`.
+    pub fn new(prefix: &'a [u8], message: &'a [u8]) -> Self {
+        RawReplies {
+            prefix,
+            message,
+            in_prefix: 0,
+            in_message: 0,
+            in_piece: 0,
+        }
+    }
+
+    /// Takes the next reply bytes.
+    pub fn feed(&mut self, bytes: &[u8]) -> RawCheck {
+        for &b in bytes {
+            if self.in_message == self.message.len() && self.in_prefix == self.prefix.len() {
+                return RawCheck::Mismatch; // bytes past the end of the last piece
+            }
+            let starts_piece = self.in_prefix == self.prefix.len()
+                && self.in_piece > 0
+                && self.prefix.first() == Some(&b);
+            if starts_piece {
+                self.in_prefix = 1;
+                self.in_piece = 0;
+            } else if self.in_prefix < self.prefix.len() {
+                if self.prefix[self.in_prefix] != b {
+                    return RawCheck::Mismatch;
+                }
+                self.in_prefix += 1;
+            } else if self.message[self.in_message] == b {
+                self.in_message += 1;
+                self.in_piece += 1;
+            } else {
+                return RawCheck::Mismatch;
+            }
+        }
+        if self.in_message == self.message.len() && self.in_prefix == self.prefix.len() {
+            RawCheck::Complete
+        } else {
+            RawCheck::Partial
+        }
+    }
+}
+
 fn decode_frame(buf: &[u8], limit: usize) -> crate::Result<Decoded> {
     let Some(header) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
         return Ok(Decoded::Incomplete {
@@ -397,6 +471,25 @@ mod tests {
         assert_eq!(reply, Reply::Bye);
         assert_eq!(&out[..4], &(BYE_REPLY.len() as u32).to_be_bytes());
         assert_eq!(&out[4..], BYE_REPLY.as_bytes());
+    }
+
+    #[test]
+    fn raw_replies_accept_any_cutting_of_the_message() {
+        let check = |reply: &[u8]| RawReplies::new(b"P:", b"abcdef").feed(reply);
+        assert_eq!(check(b"P:abcdef"), RawCheck::Complete);
+        assert_eq!(check(b"P:abcP:def"), RawCheck::Complete);
+        assert_eq!(check(b"P:aP:bP:cdeP:f"), RawCheck::Complete);
+        assert_eq!(check(b"P:abc"), RawCheck::Partial);
+        assert_eq!(check(b"P:abcP"), RawCheck::Partial);
+        assert_eq!(check(b"P:abxdef"), RawCheck::Mismatch);
+        assert_eq!(check(b"X:abcdef"), RawCheck::Mismatch);
+        assert_eq!(check(b"P:abcdefg"), RawCheck::Mismatch);
+        assert_eq!(check(b"P:P:abcdef"), RawCheck::Mismatch);
+        let mut split = RawReplies::new(b"P:", b"abcdef");
+        assert_eq!(split.feed(b"P:ab"), RawCheck::Partial);
+        assert_eq!(split.feed(b"cP:d"), RawCheck::Partial);
+        assert_eq!(split.feed(b"ef"), RawCheck::Complete);
+        assert_eq!(RawReplies::new(b"", b"ab").feed(b"ab"), RawCheck::Complete);
     }
 
     #[test]

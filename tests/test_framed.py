@@ -7,6 +7,8 @@ import socket
 import struct
 
 import pytest
+
+import sockdemo
 from conftest import (
     BYE,
     PREFIX,
@@ -17,8 +19,6 @@ from conftest import (
     recv_exactly,
     recv_until_closed,
 )
-
-import sockdemo
 
 
 def test_frames_of_any_size_round_trip_exactly(serve) -> None:

@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BYE, PREFIX, frame, read_frame, recv_exactly, recv_until_closed
 
 import sockdemo
+from conftest import BYE, PREFIX, frame, read_frame, recv_exactly, recv_until_closed
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_wrong_ca_is_a_tls_error_on_the_client(serve, cert, other_cert) -> None:
 
 def test_wrong_server_name_is_a_tls_error(serve, cert) -> None:
     server = serve(certfile=cert[0], keyfile=cert[1])
-    with pytest.raises(sockdemo.TLSError, match="(?i)name"):
+    with pytest.raises(sockdemo.TLSError, match=r"(?i)name"):
         sockdemo.Client(
             "127.0.0.1",
             server.server_address[1],

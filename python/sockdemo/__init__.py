@@ -32,6 +32,7 @@ from ._sockdemo import (
     Server,
     __version__,
     _shutdown_all,
+    bench,
     generate_self_signed,
 )
 from .errors import MessageTooLarge, ProtocolError, TLSError
@@ -49,6 +50,7 @@ __all__ = [
     "Server",
     "TLSError",
     "__version__",
+    "bench",
     "generate_self_signed",
 ]
 

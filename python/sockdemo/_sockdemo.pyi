@@ -6,8 +6,8 @@ Import from :mod:`sockdemo`, which re-exports everything here.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, final, overload
 
@@ -22,6 +22,7 @@ __all__ = [
     "Server",
     "__version__",
     "_shutdown_all",
+    "bench",
     "generate_self_signed",
 ]
 
@@ -176,6 +177,35 @@ class Client:
 def generate_self_signed(dir: _StrPath) -> tuple[Path, Path]:
     """Writes ``dir/cert.pem`` and ``dir/key.pem``: a self-signed development
     certificate for localhost, 127.0.0.1 and ::1. Returns the two paths."""
+
+def bench(
+    host: str = ...,
+    port: int = ...,
+    *,
+    connections: int = 10,
+    size: int = ...,
+    duration: float = 10.0,
+    protocol: _Protocol | str = "raw",
+    prefix: str = ...,
+    cafile: _StrPath | None = None,
+    server_hostname: str | None = None,
+    threads: int | None = None,
+    progress: Callable[[float, int, int], object] | None = None,
+) -> dict[str, Any]:
+    """Runs the load generator against a running server.
+
+    Opens ``connections`` connections; each sends a ``size``-byte message,
+    waits for the reply, checks it byte for byte against ``prefix`` plus the
+    message, and repeats for ``duration`` seconds (closed loop). ``progress``
+    is called each second with ``(elapsed_seconds, requests, errors)``.
+
+    Returns ``connections``, ``size``, ``protocol``, ``requests``, ``errors``
+    (failed connects, I/O errors, timeouts, wrong replies), ``elapsed``,
+    ``requests_per_second``, ``mib_per_second`` and ``latency_ms`` (``mean``,
+    ``p50``, ``p90``, ``p99``, ``p99.9``, ``max``). Raises
+    ``ConnectionRefusedError`` if no connection could be opened, ``ValueError``
+    for a raw ``size`` over 1024.
+    """
 
 def _shutdown_all() -> None:
     """Stops every running server (registered with ``atexit``)."""

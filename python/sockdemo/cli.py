@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import signal
 import sys
@@ -378,6 +379,68 @@ def _converse(client: Client) -> int:
             return 0
 
 
+# -- load generator --------------------------------------------------------------
+
+
+def _progress(elapsed: float, requests: int, errors: int) -> None:
+    rate = requests / elapsed if elapsed else 0.0
+    print(
+        f"  {elapsed:5.1f}s  {requests:>12,} requests  {rate:>12,.0f} req/s  {errors:,} errors",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _summary(report: dict, args: argparse.Namespace) -> str:
+    latency = report["latency_ms"]
+    percentiles = "  ".join(
+        f"{name} {latency[name]:.3f} ms" for name in ("p50", "p90", "p99", "p99.9", "max")
+    )
+    return "\n".join(
+        [
+            f"{report['connections']} connections x {report['size']} B {report['protocol']} "
+            f"to {args.host}:{args.port} for {report['elapsed']:.1f} s",
+            f"requests  {report['requests']:,} ({report['requests_per_second']:,.0f} req/s, "
+            f"{report['mib_per_second']:,.1f} MiB/s)",
+            f"errors    {report['errors']:,}",
+            f"latency   {percentiles}",
+        ]
+    )
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Closed-loop load against a running server; prints a summary or JSON."""
+    if not args.json:
+        print(
+            f"Running {args.duration:g} s, {args.connections} connections, "
+            f"{args.size} B {args.protocol} messages...",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        report = _sockdemo.bench(
+            args.host,
+            args.port,
+            connections=args.connections,
+            size=args.size,
+            duration=args.duration,
+            protocol=args.protocol,
+            prefix=args.prefix,
+            cafile=args.cafile,
+            server_hostname=args.server_hostname,
+            progress=None if args.json else _progress,
+        )
+    except OSError as exc:
+        return _fail(_describe(exc, args.host, args.port))
+    except ValueError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        _say("Interrupted by user.")
+        return 130
+    _say(json.dumps(report, indent=2) if args.json else _summary(report, args))
+    return 1 if report["errors"] else 0
+
+
 # -- certificates --------------------------------------------------------------
 
 
@@ -452,6 +515,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         "messages", nargs="*", metavar="MESSAGE", help="send these; interactive when none"
     )
     client.set_defaults(main=run_client)
+    bench = commands.add_parser(
+        "bench",
+        help="measure a server with a closed-loop load",
+        description="Opens CONNECTIONS connections; each sends a SIZE-byte message, waits "
+        "for the reply, checks it byte for byte, and repeats for DURATION seconds. Prints "
+        "progress each second, then requests/s, MiB/s, latency percentiles and errors. "
+        "Exits 1 if any reply was wrong or missing.",
+    )
+    _add_address(bench)
+    _add_protocol(bench)
+    bench.add_argument(
+        "--connections", type=_positive, default=10, metavar="N", help="(default 10)"
+    )
+    bench.add_argument(
+        "--size",
+        type=_positive,
+        default=DEFAULT_BUFFER_SIZE,
+        metavar="BYTES",
+        help=f"message size, at most {DEFAULT_BUFFER_SIZE} for raw (default {DEFAULT_BUFFER_SIZE})",
+    )
+    bench.add_argument(
+        "--duration", type=_seconds, default=10.0, metavar="SECONDS", help="(default 10)"
+    )
+    bench.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help=f"the reply prefix the server uses (default {DEFAULT_PREFIX!r})",
+    )
+    bench.add_argument("--cafile", metavar="PEM", help="use TLS, trusting this certificate")
+    bench.add_argument("--server-hostname", metavar="NAME", help="name to verify (default: --host)")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.set_defaults(main=run_bench)
     cert = commands.add_parser(
         "cert",
         help="write a self-signed development certificate",

@@ -1,0 +1,107 @@
+"""The load generator against real servers: it runs, checks every reply, reports."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+
+import sockdemo
+
+
+@pytest.mark.parametrize(("protocol", "size"), [("raw", 64), ("raw", 1024), ("framed", 100_000)])
+def test_bench_reports_zero_errors_against_the_server(serve, protocol, size) -> None:
+    server = serve(protocol=protocol, max_clients=50)
+    ticks: list[tuple[float, int, int]] = []
+    report = sockdemo.bench(
+        "127.0.0.1",
+        server.server_address[1],
+        connections=8,
+        size=size,
+        duration=1.2,
+        protocol=protocol,
+        progress=lambda *tick: ticks.append(tick),
+    )
+    assert report["errors"] == 0
+    assert report["connections"] == 8
+    assert report["requests"] > 0
+    assert report["requests"] == server.stats()["messages"] or protocol == "raw"
+    assert report["requests_per_second"] > 0
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert ticks and ticks[0][1] > 0  # a progress line each second
+
+
+def test_bench_over_tls(serve, tmp_path) -> None:
+    cert, key = sockdemo.generate_self_signed(tmp_path)
+    server = serve(certfile=cert, keyfile=key)
+    report = sockdemo.bench(
+        "127.0.0.1", server.server_address[1], connections=4, duration=0.5, cafile=cert
+    )
+    assert report["errors"] == 0 and report["requests"] > 0
+
+
+def test_wrong_replies_are_counted_as_errors(serve) -> None:
+    server = serve(reply_prefix="Something else: ")
+    report = sockdemo.bench("127.0.0.1", server.server_address[1], connections=2, duration=0.5)
+    assert report["requests"] == 0
+    assert report["errors"] > 0
+
+
+def test_a_server_that_never_answers_is_an_error_not_a_hang() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        report = sockdemo.bench("127.0.0.1", silent.getsockname()[1], connections=2, duration=0.5)
+    assert report["requests"] == 0
+
+
+def test_bench_refused_and_bad_arguments() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        with pytest.raises(ConnectionRefusedError):
+            sockdemo.bench("127.0.0.1", probe.getsockname()[1], duration=0.2)
+    with pytest.raises(ValueError, match="framed"):
+        sockdemo.bench(size=5000, duration=0.2)
+
+
+def test_bench_command_prints_json(run, serve) -> None:
+    server = serve()
+    port = str(server.server_address[1])
+    code, lines = run(
+        "-m", "bench", "--port", port, "--duration", "0.5", "--connections", "3", "--json"
+    ).finish()
+    assert code == 0, lines
+    report = json.loads("\n".join(lines))
+    assert report["errors"] == 0 and report["connections"] == 3
+
+
+def test_bench_command_prints_progress_and_a_summary(run, serve) -> None:
+    server = serve()
+    port = str(server.server_address[1])
+    code, lines = run("-m", "bench", "--port", port, "--duration", "1.5").finish()
+    assert code == 0, lines
+    text = "\n".join(lines)
+    assert "req/s" in text and "errors    0" in text and "p99.9" in text
+    assert any(line.strip().startswith("1.0s") for line in lines)
+
+
+def test_bench_runs_while_other_threads_use_python(serve) -> None:
+    """The generator releases the interpreter while it runs."""
+    server = serve()
+    counted = 0
+    stop = threading.Event()
+
+    def count() -> None:
+        nonlocal counted
+        while not stop.is_set():
+            counted += 1
+
+    worker = threading.Thread(target=count)
+    worker.start()
+    sockdemo.bench("127.0.0.1", server.server_address[1], connections=2, duration=0.5)
+    stop.set()
+    worker.join()
+    assert counted > 1000
