@@ -47,8 +47,11 @@ lint: build
 	$(VENV)/bin/ruff format --check python tests
 	$(PY) -m mypy.stubtest sockdemo._sockdemo
 
-## bench: side-by-side benchmark (see README)
+## bench: side-by-side benchmark against tokio, uvloop, asyncio, socketserver
+## (ARGS="--quick" for a one-round smoke run)
 bench: build
+	$(PY) -m pip install --quiet uvloop matplotlib
+	cargo build --release --quiet --example tokio_reference
 	$(PY) tests/bench/compare.py $(ARGS)
 
 clean:

@@ -148,7 +148,11 @@ async fn open(
         return Ok(Transport::Plain(stream));
     };
     let limit = shared.config.message_timeout;
-    let handshake = until(limit.map(|t| Instant::now() + t), acceptor.accept(stream));
+    // Boxed: a handshake in progress is large, and only TLS connections need it.
+    let handshake = until(
+        limit.map(|t| Instant::now() + t),
+        Box::pin(acceptor.accept(stream)),
+    );
     tokio::select! {
         result = handshake => match result {
             Some(Ok(tls)) => Ok(Transport::Tls(Box::new(tls))),
@@ -174,7 +178,13 @@ impl Transport {
                 stream.readable().await?;
                 buf.reserve(want);
                 match stream.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    // Readiness can be stale: nothing came. Do not sit on an
+                    // empty buffer while waiting again.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                    }
                     result => return result,
                 }
             },

@@ -1,0 +1,124 @@
+"""The benchmark's Python contenders, each the plain way to write the server.
+
+``asyncio`` and ``uvloop`` use asyncio streams (uvloop only swaps the event
+loop); ``socketserver`` is the thread-per-client ``ThreadingTCPServer`` of the
+standard library, the blocking design of the original example made
+concurrent. All speak sockdemo's raw and framed protocols with the same
+prefix and ``bye`` rule, and print the same first line as sockdemo's server.
+
+    python tests/bench/py_servers.py --kind asyncio --port 0 --protocol raw
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import socketserver
+import struct
+import sys
+
+PREFIX = b"Server received: "
+BYE = b"Server acknowledging bye. Goodbye!"
+
+
+def is_bye(message: bytes) -> bool:
+    return message.strip().lower() == b"bye"
+
+
+def framed(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+async def serve_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1024):
+            if is_bye(data):
+                writer.write(BYE)
+                break
+            writer.write(PREFIX + data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def serve_framed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            (length,) = struct.unpack("!I", await reader.readexactly(4))
+            payload = await reader.readexactly(length)
+            if is_bye(payload):
+                writer.write(framed(BYE))
+                break
+            writer.write(framed(PREFIX + payload))
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def serve_asyncio(port: int, protocol: str) -> None:
+    handler = serve_framed if protocol == "framed" else serve_raw
+    server = await asyncio.start_server(handler, "127.0.0.1", port, backlog=4096)
+    print(f"Server listening on 127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+class RawHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        conn: socket.socket = self.request
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(1024):
+            if is_bye(data):
+                conn.sendall(BYE)
+                return
+            conn.sendall(PREFIX + data)
+
+
+class FramedHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while len(header := self.rfile.read(4)) == 4:
+            payload = self.rfile.read(struct.unpack("!I", header)[0])
+            if is_bye(payload):
+                self.request.sendall(framed(BYE))
+                return
+            self.request.sendall(framed(PREFIX + payload))
+
+
+class ThreadingServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 4096
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=("asyncio", "uvloop", "socketserver"), required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--protocol", choices=("raw", "framed"), default="raw")
+    args = parser.parse_args()
+    try:
+        if args.kind == "socketserver":
+            handler = FramedHandler if args.protocol == "framed" else RawHandler
+            with ThreadingServer(("127.0.0.1", args.port), handler) as server:
+                print(f"Server listening on 127.0.0.1:{server.server_address[1]}", flush=True)
+                server.serve_forever()
+        elif args.kind == "uvloop":
+            import uvloop
+
+            uvloop.install()
+            asyncio.run(serve_asyncio(args.port, args.protocol))
+        else:
+            asyncio.run(serve_asyncio(args.port, args.protocol))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
