@@ -202,18 +202,19 @@ def markdown(rows: list[Row], loop: tuple[float, float] | None, args: argparse.N
         f"{args.duration:g} s per server and workload, servers alternating; medians. "
         "Load from `sockdemo.bench` (closed loop, every reply checked) on the same machine.",
         "",
-        "| workload | server | req/s | × tokio | MiB/s | p99 ms | server CPU µs/req "
+        "| workload | server | req/s | vs tokio | MiB/s | p99 ms | server CPU µs/req "
         "| peak RSS MiB | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     reference = {r.workload: r.median("rps") for r in rows if r.server == "tokio (reference)"}
     for row in rows:
         rps = row.median("rps")
+        peak = max(s.peak_rss_mib for s in row.samples)
         ratio = rps / reference[row.workload] if reference.get(row.workload) else float("nan")
         lines.append(
             f"| {row.workload.name} | {row.server} | {rps:,.0f} | {ratio:.2f} "
             f"| {row.median('mib_s'):,.1f} | {row.median('p99_ms'):.3f} "
-            f"| {row.median('cpu_us_per_request'):.1f} | {max(s.peak_rss_mib for s in row.samples):.1f} "
+            f"| {row.median('cpu_us_per_request'):.1f} | {peak:.1f} "
             f"| {sum(s.errors for s in row.samples)} |"
         )
     if loop is not None:
@@ -282,7 +283,7 @@ def main() -> int:
     if args.quick:
         args.rounds, args.duration = 1, 1.0
     if not TOKIO_REFERENCE.exists():
-        print(f"Build the reference first: cargo build --release --example tokio_reference")
+        print("Build the reference first: cargo build --release --example tokio_reference")
         return 1
     # 9,000 connections need 9,000 descriptors in the client and in each server.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
