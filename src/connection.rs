@@ -16,10 +16,12 @@
 //! stops reading, finishes the reply it is writing (with a short grace
 //! period), and closes.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -89,6 +91,9 @@ pub(crate) async fn serve(
     session: Session,
     shutdown: CancellationToken,
 ) {
+    // A token of its own: waiting on the server's token directly would make
+    // every connection lock the same mutex each time it waits for a message.
+    let shutdown = shutdown.child_token();
     let name = py_address(peer);
     shared.stats.connection_opened();
     info!("Connected by {name}");
@@ -100,6 +105,9 @@ pub(crate) async fn serve(
                 shared: &shared,
                 session,
                 shutdown: &shutdown,
+                // Asked once per connection, not per message: the answer
+                // may involve the Python logging configuration.
+                log_messages: log::log_enabled!(shared.message_level),
             };
             let result = conn.run().await;
             conn.close().await;
@@ -177,15 +185,19 @@ impl Transport {
             Transport::Plain(stream) => loop {
                 stream.readable().await?;
                 buf.reserve(want);
-                match stream.try_read_buf(buf) {
-                    // Readiness can be stale: nothing came. Do not sit on an
+                // One poll of tokio's own read, not a `try_read`: after a
+                // short read it marks the socket drained, which spares the
+                // next wait a `recv` that would only say EAGAIN.
+                let mut read = pin!(stream.read_buf(buf));
+                match poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+                    Poll::Ready(result) => return result,
+                    // Readiness was stale: nothing came. Do not sit on an
                     // empty buffer while waiting again.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Poll::Pending => {
                         if buf.is_empty() {
                             *buf = BytesMut::new();
                         }
                     }
-                    result => return result,
                 }
             },
             Transport::Tls(stream) => {
@@ -197,6 +209,23 @@ impl Transport {
                 }
             }
         }
+    }
+
+    /// Writes what the socket takes without waiting; returns how much.
+    /// Most replies fit the socket buffer whole, and then no timer is needed.
+    fn write_now(&mut self, data: &[u8]) -> io::Result<usize> {
+        let Transport::Plain(stream) = self else {
+            return Ok(0);
+        };
+        let mut written = 0;
+        while written < data.len() {
+            match stream.try_write(&data[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
     }
 
     async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
@@ -224,6 +253,7 @@ struct Connection<'a> {
     shared: &'a Shared,
     session: Session,
     shutdown: &'a CancellationToken,
+    log_messages: bool,
 }
 
 impl Connection<'_> {
@@ -333,7 +363,7 @@ impl Connection<'_> {
 
     fn log_message(&self, message: &[u8]) {
         let level = self.shared.message_level;
-        if log::log_enabled!(level) {
+        if self.log_messages {
             let text = String::from_utf8_lossy(message);
             log!(
                 level,
@@ -343,16 +373,30 @@ impl Connection<'_> {
         }
     }
 
-    /// Writes the buffered replies, bounded by the write timeout and, once
-    /// shutdown is asked, by a short grace period.
+    /// Writes the buffered replies.
     async fn flush(&mut self, out: &mut Vec<u8>, batch: &mut u64) -> Result<()> {
         if out.is_empty() {
             return Ok(());
         }
+        let written = self.transport.write_now(out)?;
+        if written < out.len() {
+            self.write_rest(&out[written..]).await?;
+        }
+        self.shared.stats.answered(*batch, out.len());
+        *batch = 0;
+        // Replies are rare enough to allocate each time; holding the largest
+        // one ever sent for the rest of the session would not be.
+        *out = Vec::new();
+        Ok(())
+    }
+
+    /// Writes what the socket did not take at once, bounded by the write
+    /// timeout and, once shutdown is asked, by a short grace period.
+    async fn write_rest(&mut self, rest: &[u8]) -> Result<()> {
         let config = &self.shared.config;
         let write = until(
             config.write_timeout.map(|t| Instant::now() + t),
-            self.transport.write_all(out),
+            self.transport.write_all(rest),
         );
         let grace = async {
             self.shutdown.cancelled().await;
@@ -365,11 +409,6 @@ impl Connection<'_> {
             },
             _ = grace => return Err(Error::Timeout(SHUTDOWN_GRACE)),
         }
-        self.shared.stats.answered(*batch, out.len());
-        *batch = 0;
-        // Replies are rare enough to allocate each time; holding the largest
-        // one ever sent for the rest of the session would not be.
-        *out = Vec::new();
         Ok(())
     }
 
