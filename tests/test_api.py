@@ -204,3 +204,19 @@ def test_rust_logs_reach_python_logging(serve, caplog) -> None:
 def test_repr_names_the_address(serve) -> None:
     server = serve()
     assert str(server.server_address[1]) in repr(server)
+
+
+def test_interpreter_exits_cleanly_with_a_server_still_running(run) -> None:
+    """Servers left running are stopped at exit, before Python goes away under them."""
+    code = (
+        "import logging, sockdemo\n"
+        "logging.basicConfig(level=logging.DEBUG)\n"
+        "srv = sockdemo.Server(port=0, max_clients=10)\n"
+        "srv.start()\n"
+        "c = sockdemo.Client('127.0.0.1', srv.server_address[1], timeout=5)\n"
+        "print(c.request('left open'), flush=True)\n"
+    )
+    status, lines = run("-c", code).finish(timeout=20)
+    assert status == 0, lines
+    assert "Server received: left open" in lines
+    assert not any("Traceback" in line or "panicked" in line for line in lines), lines

@@ -11,9 +11,10 @@ Contenders, all speaking the same protocol (see ``py_servers.py`` and
 Each measurement starts a fresh server process and drives it with sockdemo's
 load generator (``sockdemo.bench``, closed loop, every reply checked). For
 each workload the servers take turns, round after round (A B C A B C...,
-in a rotated order each round), and the table shows medians, so that a noisy
-moment on a shared machine hits everyone alike. Throughput is also shown as a
-ratio to the tokio reference measured in the same run. Server CPU time comes
+in a rotated order each round), and the table shows medians. The ratio to the
+tokio reference is paired: each round's figure is divided by the reference's
+figure from the same round, and the median of those ratios is shown, so a
+shared machine that changes speed between rounds does not skew it. Server CPU time comes
 from ``/proc/PID/stat`` and peak memory from ``VmHWM`` in ``/proc/PID/status``.
 
 Finally a Python loop of ``Client.request`` is timed against the same loop
@@ -137,10 +138,25 @@ class Sample:
 class Row:
     workload: Workload
     server: str
-    samples: list[Sample] = field(default_factory=list)
+    by_round: dict[int, Sample] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> list[Sample]:
+        return list(self.by_round.values())
 
     def median(self, attribute: str) -> float:
         return statistics.median(getattr(s, attribute) for s in self.samples)
+
+    def ratio_to(self, reference: Row | None) -> float:
+        """Median over rounds of this round's req/s over the reference's."""
+        if reference is None:
+            return float("nan")
+        ratios = [
+            sample.rps / reference.by_round[r].rps
+            for r, sample in self.by_round.items()
+            if r in reference.by_round and reference.by_round[r].rps > 0
+        ]
+        return statistics.median(ratios) if ratios else float("nan")
 
 
 def measure(argv: list[str], workload: Workload, duration: float) -> Sample:
@@ -199,18 +215,19 @@ def markdown(rows: list[Row], loop: tuple[float, float] | None, args: argparse.N
         "# sockdemo benchmark",
         "",
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; {args.rounds} rounds of "
-        f"{args.duration:g} s per server and workload, servers alternating; medians. "
+        f"{args.duration:g} s per server and workload, servers alternating; medians, "
+        "and ratios to tokio paired round by round. "
         "Load from `sockdemo.bench` (closed loop, every reply checked) on the same machine.",
         "",
         "| workload | server | req/s | vs tokio | MiB/s | p99 ms | server CPU µs/req "
         "| peak RSS MiB | errors |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    reference = {r.workload: r.median("rps") for r in rows if r.server == "tokio (reference)"}
+    reference = {r.workload: r for r in rows if r.server == "tokio (reference)"}
     for row in rows:
         rps = row.median("rps")
         peak = max(s.peak_rss_mib for s in row.samples)
-        ratio = rps / reference[row.workload] if reference.get(row.workload) else float("nan")
+        ratio = row.ratio_to(reference.get(row.workload))
         lines.append(
             f"| {row.workload.name} | {row.server} | {rps:,.0f} | {ratio:.2f} "
             f"| {row.median('mib_s'):,.1f} | {row.median('p99_ms'):.3f} "
@@ -250,7 +267,7 @@ def chart(rows: list[Row], path: Path) -> bool:
         values = []
         for w in speed:
             row, ref = by_key.get((w, server)), by_key.get((w, "tokio (reference)"))
-            values.append(row.median("rps") / ref.median("rps") if row and ref else 0)
+            values.append(row.ratio_to(ref) if row else 0)
         axes[0].bar([x + i * width for x in range(len(speed))], values, width, label=server)
         if memory:
             peak = [max(s.peak_rss_mib for s in by_key[(memory[0], server)].samples)]
@@ -273,8 +290,8 @@ def chart(rows: list[Row], path: Path) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s: a smoke test")
     parser.add_argument("--servers", nargs="*", help="only these contenders")
     parser.add_argument("--workloads", nargs="*", type=int, help="only these (1-based) workloads")
@@ -309,7 +326,7 @@ def main() -> int:
                 except Exception as exc:  # a contender that cannot take the load
                     print(f"  {workload.name:28} {name:20} failed: {exc}", file=sys.stderr)
                     continue
-                row.samples.append(sample)
+                row.by_round[round_] = sample
                 print(
                     f"  {workload.name:28} {name:20} round {round_ + 1}: {sample.rps:>10,.0f} req/s"
                     f"  {sample.peak_rss_mib:7.1f} MiB  {sample.errors} errors",
