@@ -79,6 +79,8 @@ enum End {
     Shutdown,
     /// The session's message allowance is used up.
     Limit,
+    /// The client sent nothing for the idle timeout.
+    Idle,
 }
 
 /// Serves one accepted client until it leaves, fails, or the server stops.
@@ -119,6 +121,10 @@ pub(crate) async fn serve(
         Ok(End::Bye) => info!("Client sent 'bye'. Closing connection."),
         Ok(End::Limit) => debug!("Closing connection with {name}: message limit reached."),
         Ok(End::Shutdown) => debug!("Closing connection with {name}: server shutting down."),
+        Ok(End::Idle) => info!(
+            "Closing connection with {name}: idle for {:?}.",
+            shared.config.idle_timeout.unwrap_or_default()
+        ),
         Ok(End::Closed) => {}
         Err(Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
             warn!("Connection with {name} was reset by the client.")
@@ -261,6 +267,7 @@ impl Connection<'_> {
         let shared = self.shared;
         let config = &shared.config;
         let mut inbuf = BytesMut::new();
+        // Messages answered in this session, for `max_messages`.
         let mut answered: u64 = 0;
         // When the message now partly in `inbuf` must be complete by.
         let mut message_deadline: Option<Instant> = None;
@@ -288,13 +295,9 @@ impl Connection<'_> {
                 }
                 inbuf.advance(frame.consumed());
                 batch += 1;
+                answered += 1;
                 message_deadline = None;
-                if end.is_some()
-                    || self
-                        .session
-                        .max_messages
-                        .is_some_and(|max| answered + batch >= max)
-                {
+                if end.is_some() || self.session.max_messages.is_some_and(|max| answered >= max) {
                     end = end.or(Some(End::Limit));
                     break;
                 }
@@ -302,7 +305,6 @@ impl Connection<'_> {
                     self.flush(&mut out, &mut batch).await?;
                 }
             }
-            answered += batch;
             self.flush(&mut out, &mut batch).await?;
             if let Some(end) = end {
                 return Ok(end);
@@ -314,12 +316,9 @@ impl Connection<'_> {
             } else if message_deadline.is_none() {
                 message_deadline = config.message_timeout.map(|t| Instant::now() + t);
             }
-            let (deadline, limit) = match message_deadline {
-                Some(at) => (Some(at), config.message_timeout),
-                None => (
-                    config.idle_timeout.map(|t| Instant::now() + t),
-                    config.idle_timeout,
-                ),
+            let deadline = match message_deadline {
+                Some(at) => Some(at),
+                None => config.idle_timeout.map(|t| Instant::now() + t),
             };
             let read = self.transport.read_into(&mut inbuf, want);
             let n = tokio::select! {
@@ -327,7 +326,10 @@ impl Connection<'_> {
                 _ = self.shutdown.cancelled() => return Ok(End::Shutdown),
                 result = until(deadline, read) => match result {
                     Some(n) => n?,
-                    None => return Err(Error::Timeout(limit.unwrap_or_default())),
+                    // Silence between messages is the server's policy to end;
+                    // a message left unfinished is the client's failure.
+                    None if message_deadline.is_none() => return Ok(End::Idle),
+                    None => return Err(Error::Timeout(config.message_timeout.unwrap_or_default())),
                 },
             };
             if n == 0 {

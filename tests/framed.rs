@@ -129,3 +129,30 @@ fn plaintext_on_a_tls_port_is_contained() {
         b"Server received: ok"
     );
 }
+
+/// The one-shot mode stops at its message allowance even when replies to a
+/// pipelined burst are written out in several pieces.
+#[test]
+fn message_allowance_holds_across_partial_flushes() {
+    use sockdemo::server::{Mode, Server};
+    let server = Server::bind("127.0.0.1", 0, framed(), None).unwrap();
+    server
+        .start(Mode::Once {
+            max_messages: Some(3),
+        })
+        .unwrap();
+    let mut sock = TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let big = vec![b'x'; 40 * 1024];
+    let burst: Vec<u8> = (0..5).flat_map(|_| frame(&big)).collect();
+    sock.write_all(&burst).unwrap();
+    for _ in 0..3 {
+        assert_eq!(read_frame(&mut sock).len(), PREFIX.len() + big.len());
+    }
+    let mut rest = Vec::new();
+    // The server closes after the third reply (unread bytes may turn that into a reset).
+    let _ = sock.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{} more bytes", rest.len());
+    server.close();
+}
