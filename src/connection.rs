@@ -455,11 +455,11 @@ mod tests {
     #[test]
     fn addresses_print_like_python_tuples() {
         assert_eq!(
-            py_address("127.0.0.1:5000".parse().unwrap()),
+            py_address(SocketAddr::from(([127, 0, 0, 1], 5000))),
             "('127.0.0.1', 5000)"
         );
         assert_eq!(
-            py_address("[::1]:5000".parse().unwrap()),
+            py_address(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5000))),
             "('::1', 5000, 0, 0)"
         );
     }

@@ -386,72 +386,68 @@ fn decode_frame(buf: &[u8], limit: usize) -> crate::Result<Decoded> {
 mod tests {
     use super::*;
 
-    fn framed(limit: usize) -> Codec {
-        Codec::new(Protocol::Framed, DEFAULT_BUFFER_SIZE, limit).unwrap()
+    fn framed(limit: usize) -> crate::Result<Codec> {
+        Codec::new(Protocol::Framed, DEFAULT_BUFFER_SIZE, limit)
     }
 
     #[test]
-    fn bye_ignores_case_and_surrounding_whitespace() {
+    fn bye_ignores_case_and_surrounding_whitespace() -> crate::Result<()> {
         for yes in [&b"bye"[..], b"BYE", b" Bye\r\n", b"bye\n", b"\tbYe "] {
             assert!(is_bye(yes), "{yes:?}");
         }
         for no in [&b"by e"[..], b"byebye", b"", b"goodbye", b"bye."] {
             assert!(!is_bye(no), "{no:?}");
         }
+        Ok(())
     }
 
     #[test]
-    fn raw_cuts_at_buffer_size() {
+    fn raw_cuts_at_buffer_size() -> crate::Result<()> {
         let codec = Codec::default();
         let buf = vec![b'x'; 2500];
         assert_eq!(
-            codec.decode(&buf).unwrap(),
+            codec.decode(&buf)?,
             Decoded::Message(Frame { payload: 0..1024 })
         );
         assert_eq!(
-            codec.decode(&buf[..10]).unwrap(),
+            codec.decode(&buf[..10])?,
             Decoded::Message(Frame { payload: 0..10 })
         );
-        assert_eq!(
-            codec.decode(b"").unwrap(),
-            Decoded::Incomplete { needed: 1 }
-        );
+        assert_eq!(codec.decode(b"")?, Decoded::Incomplete { needed: 1 });
+        Ok(())
     }
 
     #[test]
-    fn raw_reply_is_prefix_then_exact_bytes() {
+    fn raw_reply_is_prefix_then_exact_bytes() -> crate::Result<()> {
         let mut out = Vec::new();
-        let reply = Codec::default()
-            .encode_reply(b"P: ", b"\xff\xfe caf\xc3", &mut out)
-            .unwrap();
+        let reply = Codec::default().encode_reply(b"P: ", b"\xff\xfe caf\xc3", &mut out)?;
         assert_eq!(reply, Reply::Echo);
         assert_eq!(out, b"P: \xff\xfe caf\xc3");
+        Ok(())
     }
 
     #[test]
-    fn framed_waits_for_header_and_payload() {
-        let codec = framed(100);
+    fn framed_waits_for_header_and_payload() -> crate::Result<()> {
+        let codec = framed(100)?;
+        assert_eq!(codec.decode(b"\0\0")?, Decoded::Incomplete { needed: 2 });
         assert_eq!(
-            codec.decode(b"\0\0").unwrap(),
-            Decoded::Incomplete { needed: 2 }
-        );
-        assert_eq!(
-            codec.decode(b"\0\0\0\x05he").unwrap(),
+            codec.decode(b"\0\0\0\x05he")?,
             Decoded::Incomplete { needed: 3 }
         );
         assert_eq!(
-            codec.decode(b"\0\0\0\x05hello+").unwrap(),
+            codec.decode(b"\0\0\0\x05hello+")?,
             Decoded::Message(Frame { payload: 4..9 })
         );
         assert_eq!(
-            codec.decode(b"\0\0\0\0").unwrap(),
+            codec.decode(b"\0\0\0\0")?,
             Decoded::Message(Frame { payload: 4..4 })
         );
+        Ok(())
     }
 
     #[test]
-    fn framed_refuses_a_large_declared_length_from_the_header_alone() {
-        let err = framed(100).decode(&[0xff, 0xff, 0xff, 0xff]).unwrap_err();
+    fn framed_refuses_a_large_declared_length_from_the_header_alone() -> crate::Result<()> {
+        let err = framed(100)?.decode(&[0xff, 0xff, 0xff, 0xff]).unwrap_err();
         assert!(matches!(
             err,
             Error::MessageTooLarge {
@@ -460,17 +456,17 @@ mod tests {
                 ..
             }
         ));
+        Ok(())
     }
 
     #[test]
-    fn framed_bye_is_framed() {
+    fn framed_bye_is_framed() -> crate::Result<()> {
         let mut out = Vec::new();
-        let reply = framed(100)
-            .encode_reply(b"P: ", b"BYE\n", &mut out)
-            .unwrap();
+        let reply = framed(100)?.encode_reply(b"P: ", b"BYE\n", &mut out)?;
         assert_eq!(reply, Reply::Bye);
         assert_eq!(&out[..4], &(BYE_REPLY.len() as u32).to_be_bytes());
         assert_eq!(&out[4..], BYE_REPLY.as_bytes());
+        Ok(())
     }
 
     #[test]
@@ -493,13 +489,14 @@ mod tests {
     }
 
     #[test]
-    fn outgoing_limits_depend_on_the_protocol() {
+    fn outgoing_limits_depend_on_the_protocol() -> crate::Result<()> {
         assert!(Codec::default().check_outgoing(&[0; 1024]).is_ok());
         assert!(matches!(
             Codec::default().check_outgoing(&[0; 1025]),
             Err(Error::MessageTooLarge { limit: 1024, .. })
         ));
-        assert!(framed(2048).check_outgoing(&[0; 2048]).is_ok());
-        assert!(framed(2048).check_outgoing(&[0; 2049]).is_err());
+        assert!(framed(2048)?.check_outgoing(&[0; 2048]).is_ok());
+        assert!(framed(2048)?.check_outgoing(&[0; 2049]).is_err());
+        Ok(())
     }
 }

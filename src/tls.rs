@@ -142,28 +142,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_certificate_loads_on_both_sides() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = generate_self_signed(dir.path()).unwrap();
-        server_config(&cert, &key).unwrap();
-        client_config(&cert).unwrap();
+    fn generated_certificate_loads_on_both_sides() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (cert, key) = generate_self_signed(dir.path())?;
+        server_config(&cert, &key)?;
+        client_config(&cert)?;
+        Ok(())
     }
 
     #[test]
-    fn missing_and_empty_files_are_clear_errors() {
-        let dir = tempfile::tempdir().unwrap();
+    fn missing_and_empty_files_are_clear_errors() -> Result<()> {
+        let dir = tempfile::tempdir()?;
         let missing = dir.path().join("nope.pem");
         let err = client_config(&missing).unwrap_err();
         assert!(matches!(err, Error::File { .. }), "{err}");
         assert!(err.to_string().contains("nope.pem"));
 
         let empty = dir.path().join("empty.pem");
-        fs::write(&empty, "not a certificate\n").unwrap();
+        fs::write(&empty, "not a certificate\n")?;
         let err = client_config(&empty).unwrap_err();
         assert!(matches!(err, Error::Certificate(_)), "{err}");
 
-        let (cert, _) = generate_self_signed(dir.path()).unwrap();
+        let (cert, _) = generate_self_signed(dir.path())?;
         let err = server_config(&cert, &cert).unwrap_err();
         assert!(err.to_string().contains("private key"), "{err}");
+        Ok(())
     }
 }
