@@ -98,6 +98,11 @@ def _describe(exc: OSError, host: str, port: int) -> str:
     return str(exc.strerror or exc)
 
 
+def _stopping() -> None:
+    """Says the server is stopping; on a terminal, below the echoed ^C."""
+    _say(("\n" if sys.stdout.isatty() else "") + "Server shutting down.")
+
+
 def _fail(message: str) -> int:
     _say(f"Error: {message}")
     return 1
@@ -271,7 +276,7 @@ def run_server(args: argparse.Namespace) -> int:
         try:
             server.serve_forever()
         except KeyboardInterrupt:
-            _say("Server shutting down.")
+            _stopping()
         except OSError as exc:
             return _fail(f"the server stopped: {exc}")
     return 0
@@ -288,7 +293,7 @@ def run_basic_server(args: argparse.Namespace) -> int:
         try:
             server.handle_request(max_messages=1)
         except KeyboardInterrupt:
-            _say("Server shutting down.")
+            _stopping()
             return 0
         except OSError as exc:
             return _fail(f"the server stopped: {exc}")
