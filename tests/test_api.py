@@ -220,3 +220,20 @@ def test_interpreter_exits_cleanly_with_a_server_still_running(run) -> None:
     assert status == 0, lines
     assert "Server received: left open" in lines
     assert not any("Traceback" in line or "panicked" in line for line in lines), lines
+
+
+def test_localhost_binds_ipv4_like_python_does(serve) -> None:
+    server = serve(host="localhost")
+    assert server.server_address[0] == "127.0.0.1"
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_ipv6_loopback(serve) -> None:
+    try:
+        server = serve(host="::1")
+    except OSError as exc:  # IPv6 disabled on this machine
+        pytest.skip(str(exc))
+    assert server.server_address[:2] == ("::1", server.server_address[1])
+    assert len(server.server_address) == 4
+    with sockdemo.Client("::1", server.server_address[1], timeout=5) as client:
+        assert client.request("over v6") == "Server received: over v6"
