@@ -73,7 +73,7 @@ pub struct Client {
     reply_codec: Codec,
     timeout: Option<Duration>,
     peer: SocketAddr,
-    /// Framed bytes received beyond the last reply.
+    /// Raw: the read buffer. Framed: bytes received beyond the last reply.
     inbuf: Vec<u8>,
 }
 
@@ -201,13 +201,13 @@ impl Client {
     pub fn receive(&mut self, interrupt: Interrupt<'_>) -> Result<Vec<u8>> {
         let deadline = self.deadline();
         if self.codec.protocol() == Protocol::Raw {
-            let mut reply = vec![0; RAW_READ];
-            let n = self.read_some(&mut reply, deadline, interrupt)?;
+            // One read is one reply. The buffer is kept between requests.
+            self.inbuf.resize(RAW_READ, 0);
+            let n = self.read_some_at(0, deadline, interrupt)?;
             if n == 0 {
                 return Err(Error::Closed);
             }
-            reply.truncate(n);
-            return Ok(reply);
+            return Ok(self.inbuf[..n].to_vec());
         }
         loop {
             if let Decoded::Message(frame) = self.reply_codec.decode(&self.inbuf)? {

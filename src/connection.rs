@@ -290,8 +290,14 @@ impl Connection<'_> {
                 };
                 let message = &inbuf[frame.payload.clone()];
                 self.log_message(message);
-                if self.reply(message, &mut out)? == Reply::Bye {
-                    end = Some(End::Bye);
+                match self.reply(message, &mut out) {
+                    Ok(Reply::Bye) => end = Some(End::Bye),
+                    Ok(Reply::Echo) => {}
+                    Err(e) => {
+                        // The replies owed for earlier messages still go out.
+                        let _ = self.flush(&mut out, &mut batch).await;
+                        return Err(e);
+                    }
                 }
                 inbuf.advance(frame.consumed());
                 batch += 1;

@@ -27,7 +27,9 @@ def test_bench_reports_zero_errors_against_the_server(serve, protocol, size) -> 
     assert report["errors"] == 0
     assert report["connections"] == 8
     assert report["requests"] > 0
-    assert report["requests"] == server.stats()["messages"] or protocol == "raw"
+    server.shutdown()  # every connection counted
+    # A request in flight at the deadline is answered but not counted by bench.
+    assert report["requests"] <= server.stats()["messages"] <= report["requests"] + 8
     assert report["requests_per_second"] > 0
     latency = report["latency_ms"]
     assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]

@@ -166,15 +166,13 @@ def test_idle_timeout_closes_silent_connections_only(serve) -> None:
 def test_a_message_trickled_too_slowly_is_cut_off(serve) -> None:
     """Slowloris: a frame started must be finished within message_timeout."""
     server = serve(protocol="framed", message_timeout=0.5)
-    slow = connect(server)
-    slow.sendall(struct.pack("!I", 100) + b"only part")
-    other = connect(server)
-    other.sendall(frame(b"meanwhile"))
-    assert read_frame(other) == PREFIX + b"meanwhile"
-    assert closed_by_server(slow)
-    assert server.stats()["errors"] >= 1
-    slow.close()
-    other.close()
+    with connect(server) as slow, connect(server) as other:
+        slow.sendall(struct.pack("!I", 100) + b"only part")
+        other.sendall(frame(b"meanwhile"))
+        assert read_frame(other) == PREFIX + b"meanwhile"
+        assert closed_by_server(slow)
+    server.shutdown()  # waits until every connection has been counted
+    assert server.stats()["errors"] == 1
 
 
 def test_a_client_that_never_reads_is_dropped_by_the_write_timeout(serve) -> None:

@@ -78,6 +78,7 @@ def test_truncated_frame_is_a_contained_protocol_error(serve) -> None:
         assert recv_until_closed(sock) == b""
     with sockdemo.Client("127.0.0.1", server.server_address[1], "framed", timeout=5) as client:
         assert client.request("next") == "Server received: next"
+    server.shutdown()  # every connection counted
     assert server.stats()["errors"] == 1
 
 

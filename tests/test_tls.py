@@ -117,7 +117,8 @@ def test_plaintext_client_on_a_tls_port_does_not_disturb_the_server(serve, cert)
         "127.0.0.1", server.server_address[1], cafile=cert[0], timeout=5
     ) as client:
         assert client.request("encrypted") == "Server received: encrypted"
-    assert server.stats()["errors"] >= 1
+    server.shutdown()  # every connection counted
+    assert server.stats()["errors"] == 1
 
 
 def test_closing_without_close_notify_is_a_clean_close(serve, cert, caplog) -> None:
