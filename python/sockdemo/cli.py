@@ -267,37 +267,35 @@ def _listening(server: Server) -> None:
 
 def run_server(args: argparse.Namespace) -> int:
     """Serves clients until Ctrl+C or SIGTERM (``server.v2.py``)."""
-    server = _open_server(args)
-    if server is None:
-        return 1
-    with server:
-        _listening(server)
-        _interrupt_on_sigterm()
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            _stopping()
-        except OSError as exc:
-            return _fail(f"the server stopped: {exc}")
-    return 0
+    return _serve(args, lambda server: server.serve_forever())
 
 
 def run_basic_server(args: argparse.Namespace) -> int:
     """Serves one client one message, like the original ``server.py``."""
-    server = _open_server(args)
-    if server is None:
-        return 1
-    with server:
-        _listening(server)
-        _interrupt_on_sigterm()
-        try:
-            server.handle_request(max_messages=1)
-        except KeyboardInterrupt:
-            _stopping()
-            return 0
-        except OSError as exc:
-            return _fail(f"the server stopped: {exc}")
-    _say("Connection closed.")
+
+    def once(server: Server) -> None:
+        server.handle_request(max_messages=1)
+        _say("Connection closed.")
+
+    return _serve(args, once)
+
+
+def _serve(args: argparse.Namespace, serve: Callable[[Server], None]) -> int:
+    # Signals are set up first and everything after is inside the `try`:
+    # a Ctrl+C or SIGTERM that arrives right after the "listening" line is
+    # printed is still a clean shutdown, never a traceback or a kill.
+    _interrupt_on_sigterm()
+    try:
+        server = _open_server(args)
+        if server is None:
+            return 1
+        with server:
+            _listening(server)
+            serve(server)
+    except KeyboardInterrupt:
+        _stopping()
+    except OSError as exc:
+        return _fail(f"the server stopped: {exc}")
     return 0
 
 
