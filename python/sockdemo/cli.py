@@ -324,11 +324,14 @@ def run_client(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _say("Interrupted by user.")
         return 0
-    _say(f"Connected to server {args.host}:{args.port}")
     try:
+        _say(f"Connected to server {args.host}:{args.port}")
         if args.messages:
             return _send_all(client, args.messages)
         return _converse(client)
+    except KeyboardInterrupt:  # between prompts: still a normal ending
+        _say("Interrupted by user.")
+        return 0
     except OSError as exc:
         return _fail(_describe(exc, args.host, args.port))
     finally:
@@ -346,8 +349,6 @@ def _send_all(client: Client, messages: Sequence[str]) -> int:
                 break
     except ValueError as exc:
         return _fail(str(exc))
-    except KeyboardInterrupt:
-        _say("Interrupted by user.")
     return 0
 
 
