@@ -112,10 +112,16 @@ pub(crate) async fn serve(
                 log_messages: log::log_enabled!(shared.message_level),
             };
             let result = conn.run().await;
+            // Counted before the peer can see the close, so whoever sees it
+            // also sees the counters that include it.
+            shared.stats.connection_closed(result.is_err());
             conn.close().await;
             result
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            shared.stats.connection_closed(true);
+            Err(e)
+        }
     };
     match &result {
         Ok(End::Bye) => info!("Client sent 'bye'. Closing connection."),
@@ -131,7 +137,6 @@ pub(crate) async fn serve(
         }
         Err(e) => warn!("Connection with {name} failed: {e}"),
     }
-    shared.stats.connection_closed(result.is_err());
     log!(session.close_level, "Connection with {name} closed.");
 }
 

@@ -4,6 +4,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -22,6 +23,28 @@ fn framed() -> Config {
 
 fn never() -> sockdemo::Result<()> {
     Ok(())
+}
+
+/// A development certificate, as server and client TLS settings; the
+/// directory must outlive neither.
+struct Tls {
+    _dir: tempfile::TempDir,
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+}
+
+fn tls() -> Tls {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = tls::generate_self_signed(dir.path()).unwrap();
+    Tls {
+        server: tls::server_config(&cert, &key).unwrap(),
+        client: tls::client_config(&cert).unwrap(),
+        _dir: dir,
+    }
+}
+
+fn name(host: &str) -> ServerName<'static> {
+    ServerName::try_from(host.to_owned()).unwrap()
 }
 
 /// Frames of many sizes, pipelined in one write, come back in order.
@@ -74,19 +97,15 @@ fn slow_frame_hits_the_message_timeout() {
 /// The blocking client speaks TLS to the server, framed, with large messages.
 #[test]
 fn tls_client_and_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = tls::generate_self_signed(dir.path()).unwrap();
+    let tls = tls();
     let server = start(Config {
-        tls: Some(tls::server_config(&cert, &key).unwrap()),
+        tls: Some(tls.server.clone()),
         ..framed()
     });
     let config = ClientConfig {
         protocol: Protocol::Framed,
         timeout: Some(Duration::from_secs(10)),
-        tls: Some((
-            tls::client_config(&cert).unwrap(),
-            ServerName::try_from("localhost").unwrap(),
-        )),
+        tls: Some((tls.client.clone(), name("localhost"))),
         ..ClientConfig::default()
     };
     let mut client =
@@ -101,10 +120,9 @@ fn tls_client_and_server() {
 /// A plaintext peer on the TLS port is dropped; the server goes on.
 #[test]
 fn plaintext_on_a_tls_port_is_contained() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = tls::generate_self_signed(dir.path()).unwrap();
+    let tls = tls();
     let server = start(Config {
-        tls: Some(tls::server_config(&cert, &key).unwrap()),
+        tls: Some(tls.server.clone()),
         ..Config::default()
     });
     let mut plain = TcpStream::connect(server.addr()).unwrap();
@@ -116,10 +134,7 @@ fn plaintext_on_a_tls_port_is_contained() {
     let _ = plain.read_to_end(&mut junk);
     let config = ClientConfig {
         timeout: Some(Duration::from_secs(10)),
-        tls: Some((
-            tls::client_config(&cert).unwrap(),
-            ServerName::try_from("127.0.0.1").unwrap(),
-        )),
+        tls: Some((tls.client.clone(), name("127.0.0.1"))),
         ..ClientConfig::default()
     };
     let mut client =
