@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 
 import pytest
 
-from conftest import BYE, PREFIX, recv_exactly, recv_until_closed, reset
+from conftest import BYE, PREFIX, SCRIPTS, recv_exactly, recv_until_closed, reset
 
 ADDRESS = r"\('127\.0\.0\.1', \d+\)"
 
@@ -242,3 +243,32 @@ def test_module_client_sends_messages_given_on_the_command_line(run) -> None:
         "Received from server: Server received: two",
         "Closing connection.",
     ]
+
+
+def test_server_whose_output_reader_went_away_ends_without_a_traceback(tmp_path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "server.v2.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stderr is not None
+    port = int(server.stdout.readline().rsplit(":", 1)[1])
+    server.stdout.close()  # the reader goes away, e.g. `server.v2.py | head -1`
+    code, _ = run_client(port)
+    assert code == 0
+    server.terminate()
+    server.wait(15)
+    errors = server.stderr.read()
+    server.stderr.close()
+    assert "Traceback" not in errors, errors
+
+
+def run_client(port: int) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "client.py"), "--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return done.returncode, done.stdout

@@ -15,6 +15,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -125,6 +126,9 @@ def _configure_logging(level: str) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    # A server whose stdout has gone keeps serving; logging must not print a
+    # traceback to stderr for every line it can no longer write.
+    logging.raiseExceptions = False
 
 
 # -- arguments -----------------------------------------------------------------
@@ -466,7 +470,14 @@ def run_cert(args: argparse.Namespace) -> int:
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     main: Main = args.main
-    return main(args)
+    try:
+        return main(args)
+    except BrokenPipeError:
+        # Whoever read our output has gone (`| head`, a closed terminal).
+        # Nothing more can be said; point stdout at /dev/null so the
+        # interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _server_parser(
