@@ -38,13 +38,14 @@ test-rust:
 test-python: build
 	$(PY) -m pytest
 
-## lint: formatting, clippy, ruff, and the .pyi stub against the module
+## lint: formatting, clippy, ruff, mypy --strict, and the .pyi stub against the module
 lint: build
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check python tests
 	$(VENV)/bin/ruff format --check python tests
+	$(PY) -m mypy --strict python/sockdemo
 	$(PY) -m mypy.stubtest sockdemo._sockdemo
 
 ## bench: side-by-side benchmark against tokio, uvloop, asyncio, socketserver

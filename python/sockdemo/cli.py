@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 from . import _sockdemo
 from ._sockdemo import (
@@ -399,7 +399,7 @@ def _progress(elapsed: float, requests: int, errors: int) -> None:
     )
 
 
-def _summary(report: dict, args: argparse.Namespace) -> str:
+def _summary(report: dict[str, Any], args: argparse.Namespace) -> str:
     latency = report["latency_ms"]
     percentiles = "  ".join(
         f"{name} {latency[name]:.3f} ms" for name in ("p50", "p90", "p99", "p99.9", "max")
