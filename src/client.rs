@@ -73,8 +73,10 @@ pub struct Client {
     reply_codec: Codec,
     timeout: Option<Duration>,
     peer: SocketAddr,
-    /// Raw: the read buffer. Framed: bytes received beyond the last reply.
+    /// The read buffer, kept between replies. Framed: `inbuf[..filled]` are
+    /// bytes received and not yet returned (the start of the next reply).
     inbuf: Vec<u8>,
+    filled: usize,
 }
 
 enum Stream {
@@ -148,6 +150,7 @@ impl Client {
             timeout: config.timeout,
             peer,
             inbuf: Vec::new(),
+            filled: 0,
         })
     }
 
@@ -210,18 +213,24 @@ impl Client {
             return Ok(self.inbuf[..n].to_vec());
         }
         loop {
-            if let Decoded::Message(frame) = self.reply_codec.decode(&self.inbuf)? {
-                let reply = self.inbuf[frame.payload.clone()].to_vec();
-                self.inbuf.drain(..frame.consumed());
-                return Ok(reply);
+            let received = &self.inbuf[..self.filled];
+            let needed = match self.reply_codec.decode(received)? {
+                Decoded::Message(frame) => {
+                    let reply = received[frame.payload.clone()].to_vec();
+                    self.inbuf.copy_within(frame.consumed()..self.filled, 0);
+                    self.filled -= frame.consumed();
+                    return Ok(reply);
+                }
+                Decoded::Incomplete { needed } => needed,
+            };
+            // Grow (and zero) only when the room left is too small.
+            let room = self.filled + needed.max(RAW_READ);
+            if self.inbuf.len() < room {
+                self.inbuf.resize(room, 0);
             }
-            let start = self.inbuf.len();
-            self.inbuf.resize(start + RAW_READ, 0);
-            let result = self.read_some_at(start, deadline, interrupt);
-            let n = *result.as_ref().unwrap_or(&0);
-            self.inbuf.truncate(start + n);
-            if result? == 0 {
-                return Err(if self.inbuf.is_empty() {
+            let n = self.read_some_at(self.filled, deadline, interrupt)?;
+            if n == 0 {
+                return Err(if self.filled == 0 {
                     Error::Closed
                 } else {
                     Error::Protocol(
@@ -229,6 +238,7 @@ impl Client {
                     )
                 });
             }
+            self.filled += n;
         }
     }
 
