@@ -15,7 +15,7 @@
 //! * `connection`: one client's session: buffers, timeouts, replies.
 //! * [`client`]: the blocking client.
 //! * [`tls`]: rustls configurations from PEM files, development certificates.
-//! * [`bench`]: the load generator.
+//! * [`bench`](mod@bench): the load generator.
 //! * [`stats`]: the counters a server keeps.
 //! * [`error`]: the one error type.
 //! * `python`: the pyo3 module; the only file that knows about Python.

@@ -1,7 +1,7 @@
 //! The server: a bound listener, an accept loop, a connection limit, and a
 //! graceful shutdown.
 //!
-//! [`run`] is the whole engine as one async function of an already-bound
+//! `run` is the whole engine as one async function of an already-bound
 //! listener and a shutdown token, in the shape of mini-redis: binding and
 //! argument parsing live at the edge. It waits for a free slot *before*
 //! accepting, so clients beyond `max_clients` wait in the kernel's backlog
