@@ -171,7 +171,8 @@ pub fn run(
             counters: counters.clone(),
             payload: payload(seed, options.size),
         };
-        tasks.push(runtime.spawn(worker.run(released.clone())));
+        let outcome = Outcome::new(new_histogram()?);
+        tasks.push(runtime.spawn(worker.run(outcome, released.clone())));
     }
 
     // Wait for every connection to be open (or to have failed), then release them.
@@ -215,15 +216,17 @@ pub fn run(
     let outcomes = runtime.block_on(async {
         let mut outcomes = Vec::with_capacity(tasks.len());
         for task in tasks {
-            // A worker that panicked is a bug; count it as a failed connection.
-            outcomes.push(task.await.unwrap_or_default());
+            // A worker that panicked is a bug; its connection counts as lost.
+            if let Ok(outcome) = task.await {
+                outcomes.push(outcome);
+            }
         }
         outcomes
     });
     let elapsed = start.elapsed();
     runtime.shutdown_background();
 
-    let mut histogram = new_histogram();
+    let mut histogram = new_histogram()?;
     let mut report = Report {
         elapsed,
         errors: failed_to_open,
@@ -241,10 +244,10 @@ pub fn run(
     Ok(report)
 }
 
-fn new_histogram() -> Histogram<u64> {
-    // Microseconds from 1 µs to 1 minute, 3 significant figures; these
-    // bounds are valid constants, so creation cannot fail.
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!())
+/// Latencies in microseconds, from 1 µs to 1 minute, 3 significant figures.
+fn new_histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| Error::invalid(format!("latency histogram: {e}")))
 }
 
 fn latency(h: &Histogram<u64>) -> Latency {
@@ -280,13 +283,13 @@ struct Outcome {
     latency: Histogram<u64>,
 }
 
-impl Default for Outcome {
-    fn default() -> Self {
+impl Outcome {
+    fn new(latency: Histogram<u64>) -> Self {
         Outcome {
             opened: false,
             requests: 0,
             errors: 0,
-            latency: new_histogram(),
+            latency,
         }
     }
 }
@@ -294,8 +297,11 @@ impl Default for Outcome {
 impl Worker {
     /// Opens the connection, reports it settled, waits for the release, then
     /// runs until the deadline, reconnecting after an error.
-    async fn run(self, mut released: watch::Receiver<Option<Instant>>) -> Outcome {
-        let mut outcome = Outcome::default();
+    async fn run(
+        self,
+        mut outcome: Outcome,
+        mut released: watch::Receiver<Option<Instant>>,
+    ) -> Outcome {
         let first = self.connect().await;
         if first.is_err() {
             self.counters.unopened.fetch_add(1, Relaxed);
