@@ -118,27 +118,21 @@ pub(crate) async fn run(
 ) -> io::Result<()> {
     let limit = Arc::new(Semaphore::new(shared.config.max_clients));
     let tracker = TaskTracker::new();
-    let (session, once) = match mode {
-        Mode::Forever => (
-            Session {
-                max_messages: None,
-                close_level: Level::Info,
-            },
-            false,
-        ),
+    let session = match mode {
+        Mode::Forever => Session {
+            max_messages: None,
+            close_level: Level::Info,
+        },
         // The one-shot script prints its own closing line.
-        Mode::Once { max_messages } => (
-            Session {
-                max_messages,
-                close_level: Level::Debug,
-            },
-            true,
-        ),
+        Mode::Once { max_messages } => Session {
+            max_messages,
+            close_level: Level::Debug,
+        },
     };
     let mut backoff = Backoff::default();
     let result = loop {
         let permit = tokio::select! {
-            // The semaphore is never closed, so acquiring fails never.
+            // The semaphore is never closed, so acquiring never fails.
             permit = limit.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break Ok(()),
@@ -157,7 +151,7 @@ pub(crate) async fn run(
             connection::serve(stream, peer, shared, session, shutdown).await;
             drop(permit);
         });
-        if once {
+        if matches!(mode, Mode::Once { .. }) {
             break Ok(());
         }
     };
@@ -185,7 +179,8 @@ async fn accept(
                 let pause = backoff.next();
                 if backoff.first_in_episode() {
                     warn!(
-                        "Cannot accept a connection ({e}); retrying every {pause:?} until resources free up."
+                        "Cannot accept a connection ({e}); backing off (from {pause:?} up to {:?}) until resources free up.",
+                        Backoff::MAX
                     );
                 }
                 tokio::time::sleep(pause).await;
