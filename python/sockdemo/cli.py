@@ -109,6 +109,13 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _refuse(exc: OSError | ValueError, args: argparse.Namespace) -> int:
+    """One `Error:` line for a network failure or a bad argument; exit status 1."""
+    if isinstance(exc, OSError):
+        return _fail(_describe(exc, args.host, args.port))
+    return _fail(str(exc))
+
+
 def _interrupt_on_sigterm() -> None:
     """Makes SIGTERM end a server the way Ctrl+C does: drain, then exit 0."""
 
@@ -257,10 +264,8 @@ def _open_server(args: argparse.Namespace) -> Server | None:
             message_timeout=args.message_timeout,
             write_timeout=args.write_timeout,
         )
-    except OSError as exc:
-        _fail(_describe(exc, args.host, args.port))
-    except ValueError as exc:
-        _fail(str(exc))
+    except (OSError, ValueError) as exc:
+        _refuse(exc, args)
     return None
 
 
@@ -321,10 +326,8 @@ def run_client(args: argparse.Namespace) -> int:
     """Sends the messages given, or holds an interactive session if none."""
     try:
         client = _connect(args)
-    except OSError as exc:
-        return _fail(_describe(exc, args.host, args.port))
-    except ValueError as exc:
-        return _fail(str(exc))
+    except (OSError, ValueError) as exc:
+        return _refuse(exc, args)
     except KeyboardInterrupt:
         _say("Interrupted by user.")
         return 0
@@ -438,10 +441,8 @@ def run_bench(args: argparse.Namespace) -> int:
             server_hostname=args.server_hostname,
             progress=None if args.json else _progress,
         )
-    except OSError as exc:
-        return _fail(_describe(exc, args.host, args.port))
-    except ValueError as exc:
-        return _fail(str(exc))
+    except (OSError, ValueError) as exc:
+        return _refuse(exc, args)
     except KeyboardInterrupt:
         _say("Interrupted by user.")
         return 130
