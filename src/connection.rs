@@ -12,9 +12,17 @@
 //!
 //! Every whole message already received is answered before the next read, and
 //! the replies of one batch go out in one write, so a pipelining client gets
-//! its answers in order and in few system calls. On shutdown a connection
-//! stops reading, finishes the reply it is writing (with a short grace
-//! period), and closes.
+//! its answers in order and in few system calls. Reads are sized to the data:
+//! a read that fills its buffer makes the next one larger (a burst of raw
+//! messages costs a few system calls, not one per 16 KiB), and a buffer is
+//! given back as soon as it empties.
+//!
+//! With a handler, the whole messages of a batch go to the dispatcher as one
+//! job and the connection awaits the answer without reading more, so replies
+//! stay in order and a slow handler slows only its own clients. `bye` and the
+//! echo never wait on the handler. On shutdown a connection stops reading,
+//! waits for a handler already running for it (up to the shutdown timeout),
+//! finishes the reply it is writing (with a short grace period), and closes.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -28,22 +36,26 @@ use bytes::{Buf, BytesMut};
 use log::{Level, debug, info, log, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep, timeout_at};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
+use crate::dispatch::{Answer, Dispatcher};
 use crate::error::{Error, Result};
-use crate::protocol::{Codec, Decoded, Reply};
-use crate::server::{Config, Handler};
+use crate::protocol::{BYE_REPLY, Codec, Decoded, Reply, is_bye};
 use crate::stats::Stats;
 
-/// How much to ask the kernel for when no frame size is known yet.
+/// The first read's size, and the size reads return to after a burst.
 const READ_CHUNK: usize = 16 * 1024;
+/// The largest read a burst grows to.
+const MAX_READ: usize = 256 * 1024;
 /// The most reserved ahead of a frame's bytes. A declared length is only a
 /// promise: memory follows the bytes that actually arrive, so a thousand
 /// peers announcing 1 MiB frames and sending nothing cost next to nothing.
 const MAX_READ_AHEAD: usize = 256 * 1024;
 /// Replies buffered before they are written even if more messages wait.
-const FLUSH_AT: usize = 64 * 1024;
+const FLUSH_AT: usize = 256 * 1024;
 /// How long a reply already being written may take once shutdown is asked.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
@@ -52,7 +64,8 @@ pub(crate) struct Shared {
     pub config: Config,
     pub codec: Codec,
     pub stats: Stats,
-    pub handler: Option<Arc<dyn Handler>>,
+    /// Runs the handler, when the server has one.
+    pub dispatcher: Option<Dispatcher>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The level of the per-message log line: INFO for a one-client server
     /// (the original printed every message), DEBUG when many are served.
@@ -96,14 +109,14 @@ pub(crate) async fn serve(
     // A token of its own: waiting on the server's token directly would make
     // every connection lock the same mutex each time it waits for a message.
     let shutdown = shutdown.child_token();
-    let name = py_address(peer);
+    let name: Arc<str> = py_address(peer).into();
     shared.stats.connection_opened();
     info!("Connected by {name}");
     let result = match open(stream, &shared, &shutdown).await {
         Ok(transport) => {
             let mut conn = Connection {
                 transport,
-                peer: &name,
+                peer: name.clone(),
                 shared: &shared,
                 session,
                 shutdown: &shutdown,
@@ -260,11 +273,22 @@ impl Transport {
 
 struct Connection<'a> {
     transport: Transport,
-    peer: &'a str,
+    peer: Arc<str>,
     shared: &'a Shared,
     session: Session,
     shutdown: &'a CancellationToken,
     log_messages: bool,
+}
+
+/// What answering the whole messages in the buffer came to.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Messages answered.
+    answered: u64,
+    /// The session ends here.
+    end: Option<End>,
+    /// Bytes still missing from the message at the front of the buffer.
+    needed: usize,
 }
 
 impl Connection<'_> {
@@ -276,48 +300,18 @@ impl Connection<'_> {
         let mut answered: u64 = 0;
         // When the message now partly in `inbuf` must be complete by.
         let mut message_deadline: Option<Instant> = None;
+        let mut read_size = READ_CHUNK;
         loop {
-            let mut want = READ_CHUNK;
-            let mut out = Vec::new();
-            let mut batch: u64 = 0;
-            let mut end = None;
-            loop {
-                let frame = match shared.codec.decode(&inbuf) {
-                    Ok(Decoded::Message(frame)) => frame,
-                    Ok(Decoded::Incomplete { needed }) => {
-                        want = want.max(needed.min(MAX_READ_AHEAD));
-                        break;
-                    }
-                    Err(e) => {
-                        self.refuse(&e, out).await;
-                        return Err(e);
-                    }
-                };
-                let message = &inbuf[frame.payload.clone()];
-                self.log_message(message);
-                match self.reply(message, &mut out) {
-                    Ok(Reply::Bye) => end = Some(End::Bye),
-                    Ok(Reply::Echo) => {}
-                    Err(e) => {
-                        // The replies owed for earlier messages still go out.
-                        let _ = self.flush(&mut out, &mut batch).await;
-                        return Err(e);
-                    }
-                }
-                inbuf.advance(frame.consumed());
-                batch += 1;
-                answered += 1;
+            let allowance = self.session.max_messages.map(|max| max - answered);
+            let batch = match &shared.dispatcher {
+                None => self.echo(&mut inbuf, allowance).await?,
+                Some(dispatcher) => self.dispatch(dispatcher, &mut inbuf, allowance).await?,
+            };
+            if batch.answered > 0 {
+                answered += batch.answered;
                 message_deadline = None;
-                if end.is_some() || self.session.max_messages.is_some_and(|max| answered >= max) {
-                    end = end.or(Some(End::Limit));
-                    break;
-                }
-                if out.len() >= FLUSH_AT {
-                    self.flush(&mut out, &mut batch).await?;
-                }
             }
-            self.flush(&mut out, &mut batch).await?;
-            if let Some(end) = end {
+            if let Some(end) = batch.end {
                 return Ok(end);
             }
 
@@ -331,6 +325,7 @@ impl Connection<'_> {
                 Some(at) => Some(at),
                 None => config.idle_timeout.map(|t| Instant::now() + t),
             };
+            let want = read_size.max(batch.needed.min(MAX_READ_AHEAD));
             let read = self.transport.read_into(&mut inbuf, want);
             let n = tokio::select! {
                 biased;
@@ -352,26 +347,156 @@ impl Connection<'_> {
                 }
                 return Ok(End::Closed);
             }
+            // A read that filled all it asked for is a burst: ask for more
+            // next time. Anything less, and the next read is small again.
+            read_size = if n >= want {
+                (read_size * 2).min(MAX_READ)
+            } else {
+                READ_CHUNK
+            };
             shared.stats.received(n);
         }
     }
 
-    /// Appends the answer to `message` to `out`: the handler's reply if there
-    /// is a handler and it gave one, the echo otherwise, the goodbye for bye.
-    fn reply(&self, message: &[u8], out: &mut Vec<u8>) -> Result<Reply> {
+    /// Answers every whole message at the front of `inbuf` with the echo,
+    /// at most `allowance` of them.
+    async fn echo(&mut self, inbuf: &mut BytesMut, allowance: Option<u64>) -> Result<Batch> {
         let shared = self.shared;
         let codec = &shared.codec;
-        if let (Some(handler), false) = (&shared.handler, crate::protocol::is_bye(message)) {
-            // The handler may block (a Python callable waits for the
-            // interpreter): tell the runtime so other connections keep going.
-            let custom = tokio::task::block_in_place(|| handler.reply(self.peer, message))
-                .map_err(Error::Handler)?;
-            if let Some(reply) = custom {
-                codec.encode(&[&reply], out)?;
-                return Ok(Reply::Echo);
+        let mut batch = Batch::default();
+        let mut out = Vec::new();
+        let mut unflushed: u64 = 0;
+        loop {
+            if allowance.is_some_and(|max| batch.answered >= max) {
+                batch.end = Some(End::Limit);
+                break;
+            }
+            let frame = match codec.decode(inbuf) {
+                Ok(Decoded::Message(frame)) => frame,
+                Ok(Decoded::Incomplete { needed }) => {
+                    batch.needed = needed;
+                    break;
+                }
+                Err(e) => {
+                    self.refuse(&e, out, unflushed).await;
+                    return Err(e);
+                }
+            };
+            let message = &inbuf[frame.payload.clone()];
+            self.log_message(message);
+            if codec.encode_reply(&shared.config.reply_prefix, message, &mut out)? == Reply::Bye {
+                batch.end = Some(End::Bye);
+            }
+            inbuf.advance(frame.consumed());
+            batch.answered += 1;
+            unflushed += 1;
+            if batch.end.is_some() {
+                break;
+            }
+            if out.len() >= FLUSH_AT {
+                self.flush(&mut out, unflushed).await?;
+                unflushed = 0;
             }
         }
-        codec.encode_reply(&shared.config.reply_prefix, message, out)
+        self.flush(&mut out, unflushed).await?;
+        Ok(batch)
+    }
+
+    /// Hands every whole message at the front of `inbuf` (at most
+    /// `allowance`, and none past a `bye`) to the handler as one job, and
+    /// writes its answer; answers the `bye` itself.
+    async fn dispatch(
+        &mut self,
+        dispatcher: &Dispatcher,
+        inbuf: &mut BytesMut,
+        allowance: Option<u64>,
+    ) -> Result<Batch> {
+        let shared = self.shared;
+        let codec = &shared.codec;
+        let mut batch = Batch::default();
+        let mut messages = Vec::new();
+        let mut cut = 0;
+        let mut bye = false;
+        let mut refused = None;
+        loop {
+            if allowance.is_some_and(|max| messages.len() as u64 >= max) {
+                batch.end = Some(End::Limit);
+                break;
+            }
+            let frame = match codec.decode(&inbuf[cut..]) {
+                Ok(Decoded::Message(frame)) => frame,
+                Ok(Decoded::Incomplete { needed }) => {
+                    batch.needed = needed;
+                    break;
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            };
+            let payload = cut + frame.payload.start..cut + frame.payload.end;
+            cut += frame.consumed();
+            let message = &inbuf[payload.clone()];
+            self.log_message(message);
+            if is_bye(message) {
+                bye = true;
+                break;
+            }
+            messages.push(payload);
+        }
+        let data = inbuf.split_to(cut).freeze();
+        let mut out = Vec::new();
+        if !messages.is_empty() {
+            let answer = self
+                .await_answer(dispatcher.submit(self.peer.clone(), data, messages))
+                .await?;
+            out = answer.out;
+            batch.answered = answer.answered;
+            if let Some(error) = answer.error {
+                // The replies owed for earlier messages still go out, then
+                // the reason, where the protocol has a way to say it.
+                if matches!(error, Error::MessageTooLarge { .. }) {
+                    self.refuse(&error, out, batch.answered).await;
+                } else {
+                    let _ = self.flush(&mut out, batch.answered).await;
+                }
+                return Err(error);
+            }
+        }
+        if bye {
+            codec.encode(&[BYE_REPLY.as_bytes()], &mut out)?;
+            batch.answered += 1;
+            batch.end = Some(End::Bye);
+        }
+        if let Some(e) = refused {
+            self.refuse(&e, out, batch.answered).await;
+            return Err(e);
+        }
+        self.flush(&mut out, batch.answered).await?;
+        Ok(batch)
+    }
+
+    /// Waits for the handler's answer; once shutdown is asked, for at most
+    /// the shutdown timeout more.
+    async fn await_answer(&self, mut answer: oneshot::Receiver<Answer>) -> Result<Answer> {
+        // The pool drops a job only when it could not start any thread.
+        let lost = |_| Error::Handler("no handler thread could be started".into());
+        tokio::select! {
+            biased;
+            answer = &mut answer => return answer.map_err(lost),
+            _ = self.shutdown.cancelled() => {}
+        }
+        let grace = self.shared.config.shutdown_timeout;
+        match timeout(grace, answer).await {
+            Ok(answer) => answer.map_err(lost),
+            Err(_) => {
+                warn!(
+                    "The handler for {} is still running after {grace:?} of shutdown; closing that connection.",
+                    self.peer
+                );
+                Err(Error::Timeout(grace))
+            }
+        }
     }
 
     fn log_message(&self, message: &[u8]) {
@@ -386,8 +511,8 @@ impl Connection<'_> {
         }
     }
 
-    /// Writes the buffered replies.
-    async fn flush(&mut self, out: &mut Vec<u8>, batch: &mut u64) -> Result<()> {
+    /// Writes the buffered replies, which answer `messages` messages.
+    async fn flush(&mut self, out: &mut Vec<u8>, messages: u64) -> Result<()> {
         if out.is_empty() {
             return Ok(());
         }
@@ -395,8 +520,7 @@ impl Connection<'_> {
         if written < out.len() {
             self.write_rest(&out[written..]).await?;
         }
-        self.shared.stats.answered(*batch, out.len());
-        *batch = 0;
+        self.shared.stats.answered(messages, out.len());
         // Replies are rare enough to allocate each time; holding the largest
         // one ever sent for the rest of the session would not be.
         *out = Vec::new();
@@ -428,7 +552,7 @@ impl Connection<'_> {
     /// Tells the peer why its message is refused, as one message in its own
     /// protocol, after the replies already due. Best effort: the connection
     /// is closing anyway.
-    async fn refuse(&mut self, error: &Error, mut out: Vec<u8>) {
+    async fn refuse(&mut self, error: &Error, mut out: Vec<u8>, answered: u64) {
         let text = format!("Error: {error}");
         if self
             .shared
@@ -436,8 +560,7 @@ impl Connection<'_> {
             .encode(&[text.as_bytes()], &mut out)
             .is_ok()
         {
-            let mut batch = 0;
-            let _ = self.flush(&mut out, &mut batch).await;
+            let _ = self.flush(&mut out, answered).await;
         }
     }
 

@@ -10,20 +10,28 @@
 //!
 //! * [`protocol`]: the wire formats (raw and framed) as a sans-IO codec,
 //!   written once and used by server, client and load generator.
+//! * [`config`]: every setting of a server, with its safe default.
 //! * [`server`]: the accept loop, the connection limit, graceful shutdown, and
 //!   the blocking [`server::Server`] handle Python drives.
 //! * `connection`: one client's session: buffers, timeouts, replies.
+//! * [`handler`]: what a reply handler is, for code that decides the replies.
+//! * [`dispatch`](mod@dispatch): the pool of threads that runs a handler off
+//!   the network threads, in order per connection, with back-pressure.
 //! * [`client`]: the blocking client.
 //! * [`tls`]: rustls configurations from PEM files, development certificates.
 //! * [`bench`](mod@bench): the load generator.
 //! * [`stats`]: the counters a server keeps.
 //! * [`error`]: the one error type.
-//! * `python`: the pyo3 module; the only file that knows about Python.
+//! * `python`: the pyo3 module (a folder, a file per concept); the only
+//!   place that knows about Python.
 
 pub mod bench;
 pub mod client;
+pub mod config;
 mod connection;
+pub mod dispatch;
 pub mod error;
+pub mod handler;
 pub mod protocol;
 pub mod server;
 pub mod stats;

@@ -30,77 +30,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::config::{Config, Mode};
 use crate::connection::{self, Session, Shared};
+use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
-use crate::protocol::{
-    Codec, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, Protocol,
-};
+pub use crate::handler::Handler;
+use crate::protocol::Codec;
 use crate::stats::{Snapshot, Stats};
-
-/// How a server behaves; every limit has a safe default.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Clients served at once; later ones wait in the backlog (default 100).
-    pub max_clients: usize,
-    /// The wire protocol (default raw).
-    pub protocol: Protocol,
-    /// What precedes every echoed message (default `Server received: `).
-    pub reply_prefix: Vec<u8>,
-    /// The size of one raw message (default 1024).
-    pub buffer_size: usize,
-    /// The largest framed message accepted (default 1 MiB).
-    pub max_message_size: usize,
-    /// Close a connection that sends nothing for this long (default: never).
-    pub idle_timeout: Option<Duration>,
-    /// Once a message (or a TLS handshake) has started, the rest must arrive
-    /// within this time (default 30 s).
-    pub message_timeout: Option<Duration>,
-    /// A reply must be written within this time (default 30 s).
-    pub write_timeout: Option<Duration>,
-    /// The pending-connection queue given to `listen()` (default 1024).
-    pub backlog: i32,
-    /// Serve TLS with this configuration (default: plain TCP).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            max_clients: 100,
-            protocol: Protocol::Raw,
-            reply_prefix: DEFAULT_PREFIX.as_bytes().to_vec(),
-            buffer_size: DEFAULT_BUFFER_SIZE,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            idle_timeout: None,
-            message_timeout: Some(Duration::from_secs(30)),
-            write_timeout: Some(Duration::from_secs(30)),
-            backlog: 1024,
-            tls: None,
-        }
-    }
-}
-
-/// Computes replies in place of the echo.
-///
-/// `reply` returns the bytes to send back, `Ok(None)` for the default echo
-/// reply, or `Err` with a description when it failed (it logs the details
-/// itself); a failure closes that client's connection and nothing else. It
-/// runs on a server thread and may block.
-pub trait Handler: Send + Sync {
-    /// Answers `message` from the client at `peer` (formatted like a Python
-    /// address tuple).
-    fn reply(&self, peer: &str, message: &[u8]) -> std::result::Result<Option<Vec<u8>>, String>;
-}
-
-/// What one start of the server does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Serve every client until shut down.
-    Forever,
-    /// Serve one client, then stop; close it after `max_messages` messages if
-    /// set. This is the original `server.py`.
-    Once { max_messages: Option<u64> },
-}
 
 /// Serves clients from `listener` until `shutdown` is cancelled (or, in
 /// [`Mode::Once`], one client has been served), then waits for every
@@ -157,6 +93,10 @@ pub(crate) async fn run(
     };
     tracker.close();
     tracker.wait().await;
+    // Every connection is done: idle handler threads may go.
+    if let Some(dispatcher) = &shared.dispatcher {
+        dispatcher.close();
+    }
     result
 }
 
@@ -315,13 +255,24 @@ impl Server {
         if config.max_clients > Semaphore::MAX_PERMITS {
             return Err(Error::invalid("max_clients is too large"));
         }
+        if config.handler_threads == 0 {
+            return Err(Error::invalid("handler_threads must be at least 1"));
+        }
         let codec = Codec::new(config.protocol, config.buffer_size, config.max_message_size)?;
         let listener = bind(host, port, config.backlog)?;
         let local_addr = listener.local_addr()?;
+        let dispatcher = handler.map(|handler| {
+            Dispatcher::new(
+                handler,
+                codec,
+                config.reply_prefix.clone(),
+                config.handler_threads,
+            )
+        });
         let shared = Shared {
             codec,
             stats: Stats::default(),
-            handler,
+            dispatcher,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             message_level: if config.max_clients == 1 {
                 Level::Info
@@ -351,9 +302,13 @@ impl Server {
         &self.shared.config
     }
 
-    /// The server's counters now.
+    /// The server's counters now, with the handler pool's load.
     pub fn stats(&self) -> Snapshot {
-        self.shared.stats.snapshot()
+        let mut snapshot = self.shared.stats.snapshot();
+        if let Some(dispatcher) = &self.shared.dispatcher {
+            snapshot.handler = dispatcher.load();
+        }
+        snapshot
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -390,6 +345,9 @@ impl Server {
         };
         let runtime = state.runtime.insert(runtime);
         let listener = listener?;
+        if let Some(dispatcher) = &self.shared.dispatcher {
+            dispatcher.open();
+        }
         let shutdown = CancellationToken::new();
         let done = Arc::new(Completion::default());
         let task = run(listener, self.shared.clone(), mode, shutdown.clone());
@@ -416,13 +374,41 @@ impl Server {
         }
     }
 
-    /// Stops accepting, lets replies in flight go out, closes every
-    /// connection, and returns once all of that is done. Idempotent.
+    /// Asks the server to stop (as [`Server::shutdown`]) without waiting;
+    /// [`Server::wait`] tells when it has.
+    pub fn stop(&self) {
+        if let Some(running) = &self.state().running {
+            running.shutdown.cancel();
+        }
+    }
+
+    /// Stops accepting, lets replies in flight go out (waiting for running
+    /// handlers up to the shutdown timeout), closes every connection, and
+    /// returns once all of that is done. Idempotent.
+    ///
+    /// Called from one of the server's own handler threads, it only asks:
+    /// waiting there would wait for the very handler that is asking, whose
+    /// reply then goes out as the server stops.
     pub fn shutdown(&self) {
+        if self.on_handler_thread() {
+            return self.stop();
+        }
         let running = self.state().running.take();
         if let Some(running) = running {
             running.shutdown.cancel();
             running.done.wait(None);
+        }
+    }
+
+    /// Stops at once without waiting for anything, leaving handlers still
+    /// running to finish on their own: for a second Ctrl+C.
+    pub fn abandon(&self) {
+        let mut state = self.state();
+        if let Some(running) = state.running.take() {
+            running.shutdown.cancel();
+        }
+        if let Some(runtime) = state.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 
@@ -434,6 +420,21 @@ impl Server {
         if let Some(runtime) = state.runtime.take() {
             runtime.shutdown_background();
         }
+        drop(state);
+        if let Some(dispatcher) = &self.shared.dispatcher
+            && !self.on_handler_thread()
+        {
+            dispatcher.close();
+            dispatcher.join_idle();
+        }
+    }
+
+    /// Is the caller one of this server's own handler threads?
+    pub fn on_handler_thread(&self) -> bool {
+        self.shared
+            .dispatcher
+            .as_ref()
+            .is_some_and(Dispatcher::is_current_thread)
     }
 }
 

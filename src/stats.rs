@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::dispatch::Load;
+
 /// Live counters, shared by the accept loop and every connection.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -33,6 +35,8 @@ pub struct Snapshot {
     pub bytes_out: u64,
     /// Connections that ended in an error (reset, timeout, bad frame…).
     pub errors: u64,
+    /// The handler pool's queue and threads (all zero without a handler).
+    pub handler: Load,
 }
 
 impl Stats {
@@ -45,6 +49,7 @@ impl Stats {
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            handler: Load::default(),
         }
     }
 

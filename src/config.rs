@@ -1,0 +1,80 @@
+//! How a server behaves: every limit in one place, each with a safe default.
+//!
+//! This module sits below both the accept loop (`server`) and the sessions
+//! (`connection`), so that neither has to import the other to know its
+//! settings.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::protocol::{DEFAULT_BUFFER_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, Protocol};
+
+/// How a server behaves; every limit has a safe default.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Clients served at once; later ones wait in the backlog (default 100).
+    pub max_clients: usize,
+    /// The wire protocol (default raw).
+    pub protocol: Protocol,
+    /// What precedes every echoed message (default `Server received: `).
+    pub reply_prefix: Vec<u8>,
+    /// The size of one raw message (default 1024).
+    pub buffer_size: usize,
+    /// The largest framed message accepted, and the largest framed reply a
+    /// handler may give (default 1 MiB).
+    pub max_message_size: usize,
+    /// Close a connection that sends nothing for this long (default: never).
+    pub idle_timeout: Option<Duration>,
+    /// Once a message (or a TLS handshake) has started, the rest must arrive
+    /// within this time (default 30 s).
+    pub message_timeout: Option<Duration>,
+    /// A reply must be written within this time (default 30 s).
+    pub write_timeout: Option<Duration>,
+    /// The pending-connection queue given to `listen()` (default 1024).
+    pub backlog: i32,
+    /// Serve TLS with this configuration (default: plain TCP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The most threads that run a handler at once (default, as Python's
+    /// `ThreadPoolExecutor`: `min(32, cpus + 4)`).
+    pub handler_threads: usize,
+    /// How long a shutdown waits for handlers still running before it closes
+    /// their connections anyway (default 5 s).
+    pub shutdown_timeout: Duration,
+}
+
+/// `min(32, cpus + 4)`, the default size of Python's `ThreadPoolExecutor`:
+/// enough threads for handlers that wait on I/O, few enough not to thrash.
+pub fn default_handler_threads() -> usize {
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus + 4).min(32)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_clients: 100,
+            protocol: Protocol::Raw,
+            reply_prefix: DEFAULT_PREFIX.as_bytes().to_vec(),
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            idle_timeout: None,
+            message_timeout: Some(Duration::from_secs(30)),
+            write_timeout: Some(Duration::from_secs(30)),
+            backlog: 1024,
+            tls: None,
+            handler_threads: default_handler_threads(),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What one start of the server does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve every client until shut down.
+    Forever,
+    /// Serve one client, then stop; close it after `max_messages` messages if
+    /// set. This is the original `server.py`.
+    Once { max_messages: Option<u64> },
+}

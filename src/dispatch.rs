@@ -1,0 +1,620 @@
+//! The handler dispatcher: a pool of threads that run the reply [`Handler`]
+//! for every connection, so the network threads never wait on handler code.
+//!
+//! A connection hands over a *job*, every whole message it has read, and
+//! awaits one *answer*, the encoded replies. It has one job in flight at a
+//! time and reads nothing meanwhile, which gives two properties for free:
+//! replies keep their order per connection, and the queue is bounded (at most
+//! one job per connection, each no larger than one read). When the handler
+//! falls behind, connections stop reading and TCP pushes back on their
+//! clients; memory does not grow.
+//!
+//! Threads are few and long-lived, in the manner of granian's blocking pool.
+//! A thread enters the handler's context once for its whole life (for Python:
+//! attached to the interpreter) and releases it only to wait for work, so a
+//! burst of queued jobs costs one attach, not one per message. The pool starts
+//! empty and grows in two ways:
+//!
+//! * the first job starts the first thread;
+//! * a *watchdog* looks every [`STUCK_AFTER`] while jobs are coming in, and
+//!   adds a thread when jobs wait, no thread is idle, and every thread has
+//!   been inside one handler call for longer than that (a handler that
+//!   sleeps or waits on I/O). A handler that is merely busy computing gets no
+//!   extra threads: with Python's interpreter lock they would only fight over
+//!   it.
+//!
+//! Threads retire after [`RETIRE_AFTER`] without work. The pool never grows
+//! past `max_threads`; past that, jobs wait their turn.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use log::{error, warn};
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+use crate::handler::{Detach, Handler};
+use crate::protocol::{Codec, Protocol};
+
+/// A call that has run this long counts as stuck (waiting, not computing),
+/// and a job that waits behind only stuck calls gets a new thread.
+const STUCK_AFTER: Duration = Duration::from_millis(2);
+/// An idle thread retires after this long without work.
+const RETIRE_AFTER: Duration = Duration::from_secs(10);
+/// The watchdog parks after this many quiet looks in a row (about a second).
+const QUIET_LOOKS: u32 = 500;
+/// How long closing waits for idle threads to leave.
+const LEAVE_GRACE: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// Which dispatcher (its address) the current thread works for, if any.
+    static SERVING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Every whole message one connection has read, handed over at once.
+struct Job {
+    peer: Arc<str>,
+    data: Bytes,
+    messages: Vec<Range<usize>>,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// The replies to one job.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The encoded replies, in order, to the first `answered` messages.
+    pub out: Vec<u8>,
+    /// How many messages `out` answers.
+    pub answered: u64,
+    /// Why the messages after those were not answered; the connection
+    /// sends `out`, then closes.
+    pub error: Option<Error>,
+}
+
+/// What the pool looks like now, for `stats()`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Messages waiting for a handler thread.
+    pub queued: u64,
+    /// Handler threads running.
+    pub threads: u64,
+    /// Of those, the ones not waiting for work.
+    pub busy: u64,
+}
+
+/// The pool; cheap to share through an `Arc`.
+pub(crate) struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    handler: Arc<dyn Handler>,
+    codec: Codec,
+    prefix: Vec<u8>,
+    max_threads: usize,
+    pool: Mutex<Pool>,
+    /// Idle threads wait here for jobs.
+    work: Condvar,
+    /// The watchdog parks here when nothing comes in.
+    watch: Condvar,
+    /// Closing waits here for idle threads to leave.
+    left: Condvar,
+    /// Call start times are nanoseconds since this instant.
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    jobs: VecDeque<Job>,
+    queued_messages: usize,
+    threads: Vec<Arc<Worker>>,
+    /// Threads waiting for work.
+    idle: usize,
+    /// Wake-ups sent to idle threads that they have not yet taken: a
+    /// condition variable costs a system call per notify, so each idle
+    /// thread is notified once, not once per job.
+    waking: usize,
+    /// Jobs submitted so far; the watchdog sees traffic by its change.
+    submitted: u64,
+    watchdog: Watchdog,
+    closed: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Watchdog {
+    #[default]
+    Absent,
+    Looking,
+    Parked,
+}
+
+/// One handler thread, as the watchdog sees it.
+#[derive(Default)]
+struct Worker {
+    /// When the current handler call started (nanoseconds after the epoch,
+    /// plus one), or 0 between calls.
+    call_started: AtomicU64,
+}
+
+impl Dispatcher {
+    /// A pool of at most `max_threads` threads running `handler`; replies
+    /// are encoded with `codec`, and `prefix` makes the echo a handler asks
+    /// for by returning nothing.
+    pub fn new(
+        handler: Arc<dyn Handler>,
+        codec: Codec,
+        prefix: Vec<u8>,
+        max_threads: usize,
+    ) -> Self {
+        Dispatcher {
+            inner: Arc::new(Inner {
+                handler,
+                codec,
+                prefix,
+                max_threads: max_threads.max(1),
+                pool: Mutex::default(),
+                work: Condvar::new(),
+                watch: Condvar::new(),
+                left: Condvar::new(),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    /// Queues `messages` (ranges of `data`) from `peer`; the answer arrives
+    /// on the returned receiver. If the pool cannot answer at all (no thread
+    /// could be started) the receiver says so by closing.
+    pub fn submit(
+        &self,
+        peer: Arc<str>,
+        data: Bytes,
+        messages: Vec<Range<usize>>,
+    ) -> oneshot::Receiver<Answer> {
+        let (answer, receiver) = oneshot::channel();
+        let inner = &self.inner;
+        let mut pool = inner.lock();
+        pool.queued_messages += messages.len();
+        pool.jobs.push_back(Job {
+            peer,
+            data,
+            messages,
+            answer,
+        });
+        pool.submitted += 1;
+        if pool.idle > pool.waking {
+            pool.waking += 1;
+            inner.work.notify_one();
+        } else if pool.threads.is_empty() {
+            Inner::spawn(inner, &mut pool);
+        }
+        if pool.watchdog == Watchdog::Parked {
+            inner.watch.notify_one();
+        }
+        receiver
+    }
+
+    /// Lets threads start again after [`Dispatcher::close`].
+    pub fn open(&self) {
+        self.inner.lock().closed = false;
+    }
+
+    /// Tells every thread to leave once it has no work; returns at once.
+    pub fn close(&self) {
+        let inner = &self.inner;
+        let mut pool = inner.lock();
+        pool.closed = true;
+        inner.work.notify_all();
+        inner.watch.notify_all();
+    }
+
+    /// Waits briefly for idle threads to leave after [`Dispatcher::close`]
+    /// (they need the handler's context, an interpreter say, to do so);
+    /// threads inside a handler call are not waited for.
+    pub fn join_idle(&self) {
+        let inner = &self.inner;
+        let mut pool = inner.lock();
+        let deadline = Instant::now() + LEAVE_GRACE;
+        let in_call = |pool: &Pool| {
+            pool.threads
+                .iter()
+                .all(|w| w.call_started.load(Relaxed) != 0)
+        };
+        while !in_call(&pool) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            pool = inner
+                .left
+                .wait_timeout(pool, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Is the calling thread one of this pool's handler threads?
+    pub fn is_current_thread(&self) -> bool {
+        SERVING.get() == Arc::as_ptr(&self.inner) as usize
+    }
+
+    /// The pool now.
+    pub fn load(&self) -> Load {
+        let pool = self.inner.lock();
+        Load {
+            queued: pool.queued_messages as u64,
+            threads: pool.threads.len() as u64,
+            busy: (pool.threads.len() - pool.idle) as u64,
+        }
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        // Never wait in drop: threads leave on their own once told.
+        self.close();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        // No code panics while holding the lock; should one ever, the queue
+        // is still consistent (every change to it is a single push or pop).
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a handler thread (and the watchdog with the first one).
+    fn spawn(self: &Arc<Self>, pool: &mut Pool) {
+        if pool.closed {
+            return;
+        }
+        let worker = Arc::new(Worker::default());
+        let inner = self.clone();
+        let started = thread::Builder::new()
+            .name("sockdemo-handler".into())
+            .spawn({
+                let worker = worker.clone();
+                move || inner.work(&worker)
+            });
+        match started {
+            Ok(_) => pool.threads.push(worker),
+            Err(e) => {
+                warn!("Cannot start a handler thread: {e}");
+                if pool.threads.is_empty() {
+                    // Nobody would ever answer: say so to everyone waiting.
+                    pool.jobs.clear();
+                    pool.queued_messages = 0;
+                }
+                return;
+            }
+        }
+        if pool.watchdog == Watchdog::Absent {
+            let inner = self.clone();
+            let started = thread::Builder::new()
+                .name("sockdemo-watchdog".into())
+                .spawn(move || inner.watchdog());
+            match started {
+                Ok(_) => pool.watchdog = Watchdog::Looking,
+                Err(e) => warn!("Cannot start the handler watchdog: {e}"),
+            }
+        }
+    }
+
+    /// A handler thread's life: take jobs while there are any, wait
+    /// (released) when there are none, leave when idle too long or closed.
+    fn work(self: &Arc<Self>, worker: &Arc<Worker>) {
+        SERVING.set(Arc::as_ptr(self) as usize);
+        // However the thread ends, it leaves the pool.
+        let _leave = Leave {
+            inner: self,
+            worker,
+        };
+        let handler = self.handler.clone();
+        handler.enter(&mut |detach| {
+            loop {
+                let job = match self.take() {
+                    Some(job) => job,
+                    None => match self.wait(detach) {
+                        Some(job) => job,
+                        None => return,
+                    },
+                };
+                let answer = self.answer(&job, worker);
+                // The connection may have gone meanwhile; then nobody asks.
+                let _ = job.answer.send(answer);
+            }
+        });
+    }
+
+    /// The next job, without waiting.
+    fn take(&self) -> Option<Job> {
+        let mut pool = self.lock();
+        let job = pool.jobs.pop_front()?;
+        pool.queued_messages -= job.messages.len();
+        Some(job)
+    }
+
+    /// Waits, released, for the next job; `None` means leave.
+    fn wait(&self, detach: &dyn Detach) -> Option<Job> {
+        let mut job = None;
+        detach.detached(&mut || {
+            let mut pool = self.lock();
+            loop {
+                if let Some(next) = pool.jobs.pop_front() {
+                    pool.queued_messages -= next.messages.len();
+                    job = Some(next);
+                    return;
+                }
+                if pool.closed {
+                    return;
+                }
+                pool.idle += 1;
+                let (woken, wait) = self
+                    .work
+                    .wait_timeout(pool, RETIRE_AFTER)
+                    .unwrap_or_else(PoisonError::into_inner);
+                pool = woken;
+                pool.idle -= 1;
+                pool.waking = pool.waking.saturating_sub(1);
+                if wait.timed_out() && pool.jobs.is_empty() {
+                    return;
+                }
+            }
+        });
+        job
+    }
+
+    /// Runs the handler on every message of `job` and encodes the replies;
+    /// stops at the first failure.
+    fn answer(&self, job: &Job, worker: &Worker) -> Answer {
+        let mut out = Vec::new();
+        let mut answered = 0;
+        for range in &job.messages {
+            let message = &job.data[range.clone()];
+            let started = self.epoch.elapsed().as_nanos() as u64 + 1;
+            worker.call_started.store(started, Relaxed);
+            let reply = self.handler.reply(&job.peer, message);
+            worker.call_started.store(0, Relaxed);
+            let encoded = match reply {
+                Ok(Some(reply)) => self.encode(&job.peer, &reply, &mut out),
+                Ok(None) => self.codec.encode(&[&self.prefix, message], &mut out),
+                // The handler has logged its own failure.
+                Err(e) => Err(Error::Handler(e)),
+            };
+            if let Err(error) = encoded {
+                return Answer {
+                    out,
+                    answered,
+                    error: Some(error),
+                };
+            }
+            answered += 1;
+        }
+        Answer {
+            out,
+            answered,
+            error: None,
+        }
+    }
+
+    /// Encodes a handler's own reply, refusing what the protocol cannot
+    /// carry: an empty raw message (the client would wait for ever) and a
+    /// framed one over the size limit (the client would have to refuse it).
+    fn encode(&self, peer: &str, reply: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        let refused = match self.codec.protocol() {
+            Protocol::Raw if reply.is_empty() => Some(Error::Handler(
+                "the handler returned an empty reply, which the raw protocol cannot carry".into(),
+            )),
+            Protocol::Framed if reply.len() > self.codec.max_message_size() => {
+                Some(Error::MessageTooLarge {
+                    size: reply.len(),
+                    limit: self.codec.max_message_size(),
+                    hint: " (the handler's reply)",
+                })
+            }
+            _ => None,
+        };
+        if let Some(e) = refused {
+            error!(target: "sockdemo::handler", "Handler reply to {peer} refused: {e}");
+            return Err(e);
+        }
+        self.codec.encode(&[reply], out)
+    }
+
+    /// Adds a thread whenever jobs wait behind threads that are all stuck.
+    fn watchdog(self: Arc<Self>) {
+        let mut pool = self.lock();
+        let mut seen = pool.submitted;
+        let mut quiet = 0;
+        loop {
+            if pool.closed {
+                pool.watchdog = Watchdog::Absent;
+                return;
+            }
+            if quiet >= QUIET_LOOKS && pool.jobs.is_empty() {
+                pool.watchdog = Watchdog::Parked;
+                pool = self
+                    .watch
+                    .wait(pool)
+                    .unwrap_or_else(PoisonError::into_inner);
+                pool.watchdog = Watchdog::Looking;
+                quiet = 0;
+                continue;
+            }
+            pool = self
+                .watch
+                .wait_timeout(pool, STUCK_AFTER)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            quiet = if pool.submitted == seen { quiet + 1 } else { 0 };
+            seen = pool.submitted;
+            if !pool.jobs.is_empty()
+                && pool.idle == 0
+                && pool.threads.len() < self.max_threads
+                && self.all_stuck(&pool)
+            {
+                self.spawn(&mut pool);
+            }
+        }
+    }
+
+    fn all_stuck(&self, pool: &Pool) -> bool {
+        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+        let stuck = STUCK_AFTER.as_nanos() as u64;
+        pool.threads.iter().all(|w| {
+            let started = w.call_started.load(Relaxed);
+            started != 0 && now.saturating_sub(started) >= stuck
+        })
+    }
+}
+
+/// Removes a handler thread from the pool when it ends, however it ends.
+struct Leave<'a> {
+    inner: &'a Inner,
+    worker: &'a Arc<Worker>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.inner.lock();
+        pool.threads.retain(|w| !Arc::ptr_eq(w, self.worker));
+        self.inner.left.notify_all();
+        SERVING.set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Upper-cases, or sleeps on "slow", or fails on "fail".
+    struct Upper {
+        calls: AtomicUsize,
+    }
+
+    impl Handler for Upper {
+        fn reply(&self, _peer: &str, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+            self.calls.fetch_add(1, Relaxed);
+            match message {
+                b"slow" => {
+                    thread::sleep(Duration::from_millis(300));
+                    Ok(Some(b"SLOW".to_vec()))
+                }
+                b"fail" => Err("refused".into()),
+                b"echo" => Ok(None),
+                b"empty" => Ok(Some(Vec::new())),
+                other => Ok(Some(other.to_ascii_uppercase())),
+            }
+        }
+    }
+
+    fn pool(protocol: Protocol, max_threads: usize) -> crate::Result<Dispatcher> {
+        let codec = Codec::new(protocol, 1024, 8)?;
+        let handler = Arc::new(Upper {
+            calls: AtomicUsize::new(0),
+        });
+        Ok(Dispatcher::new(handler, codec, b"> ".to_vec(), max_threads))
+    }
+
+    fn job(d: &Dispatcher, messages: &[&[u8]]) -> oneshot::Receiver<Answer> {
+        let data: Vec<u8> = messages.concat();
+        let mut at = 0;
+        let ranges = messages
+            .iter()
+            .map(|m| {
+                at += m.len();
+                at - m.len()..at
+            })
+            .collect();
+        d.submit("peer".into(), Bytes::from(data), ranges)
+    }
+
+    fn wait(receiver: oneshot::Receiver<Answer>) -> crate::Result<Answer> {
+        receiver
+            .blocking_recv()
+            .map_err(|_| Error::Handler("the pool dropped a job".into()))
+    }
+
+    #[test]
+    fn answers_in_order_with_echo_for_none() -> crate::Result<()> {
+        let d = pool(Protocol::Raw, 4)?;
+        let answer = wait(job(&d, &[b"ab", b"echo", b"cd"]))?;
+        assert_eq!(answer.out, b"AB> echoCD");
+        assert_eq!(answer.answered, 3);
+        assert!(answer.error.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn stops_at_a_failure_keeping_earlier_replies() -> crate::Result<()> {
+        let d = pool(Protocol::Raw, 1)?;
+        let answer = wait(job(&d, &[b"ab", b"fail", b"cd"]))?;
+        assert_eq!(answer.out, b"AB");
+        assert_eq!(answer.answered, 1);
+        assert!(matches!(answer.error, Some(Error::Handler(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_empty_raw_and_oversized_framed_replies() -> crate::Result<()> {
+        let raw = pool(Protocol::Raw, 1)?;
+        let answer = wait(job(&raw, &[b"empty"]))?;
+        assert!(matches!(answer.error, Some(Error::Handler(_))));
+        let framed = pool(Protocol::Framed, 1)?;
+        // The limit is 8 bytes: "abcdefghi" comes back as 9.
+        let answer = wait(job(&framed, &[b"abcdefgh", b"abcdefghi"]))?;
+        assert_eq!(answer.out, b"\0\0\0\x08ABCDEFGH");
+        assert!(matches!(
+            answer.error,
+            Some(Error::MessageTooLarge {
+                size: 9,
+                limit: 8,
+                ..
+            })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn a_stuck_call_gets_a_second_thread() -> crate::Result<()> {
+        let d = pool(Protocol::Raw, 2)?;
+        let slow = job(&d, &[b"slow"]);
+        let started = Instant::now();
+        // Answered while the first thread sleeps, by a thread added for it.
+        let quick = wait(job(&d, &[b"quick"]))?;
+        assert_eq!(quick.out, b"QUICK");
+        assert!(started.elapsed() < Duration::from_millis(250));
+        assert_eq!(wait(slow)?.out, b"SLOW");
+        assert_eq!(d.load().threads, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn one_thread_serialises_calls() -> crate::Result<()> {
+        let d = pool(Protocol::Raw, 1)?;
+        let mut slow = job(&d, &[b"slow"]);
+        let quick = wait(job(&d, &[b"quick"]))?;
+        assert_eq!(quick.out, b"QUICK");
+        // The only thread answered the slow job before it took the quick one.
+        assert!(slow.try_recv().is_ok());
+        assert_eq!(d.load().threads, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn close_lets_idle_threads_leave() -> crate::Result<()> {
+        let d = pool(Protocol::Raw, 2)?;
+        wait(job(&d, &[b"x"]))?;
+        d.close();
+        d.join_idle();
+        assert_eq!(d.load().threads, 0);
+        d.open();
+        assert_eq!(wait(job(&d, &[b"y"]))?.out, b"Y");
+        Ok(())
+    }
+}

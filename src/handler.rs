@@ -1,0 +1,45 @@
+//! What a reply handler is: code that decides the answer in place of the echo.
+//!
+//! A handler runs on the dispatcher's threads (see `dispatch`), never on the
+//! network threads, so it may block, sleep or wait on I/O. Two hooks let an
+//! embedding runtime (the Python module, for one) keep its own rules:
+//!
+//! * [`Handler::enter`] wraps a handler thread's whole life, so a thread can
+//!   stay attached to an interpreter instead of attaching per message;
+//! * the [`Detach`] it hands out releases that attachment while the thread
+//!   waits for work, so waiting never blocks the interpreter.
+//!
+//! A plain Rust handler implements [`Handler::reply`] and nothing else.
+
+/// Runs a wait with whatever the handler thread holds (an interpreter lock,
+/// say) released.
+pub trait Detach {
+    /// Runs `wait` released; returns when it does.
+    fn detached(&self, wait: &mut (dyn FnMut() + Send));
+}
+
+/// Waits as they are: nothing is held.
+struct Nothing;
+
+impl Detach for Nothing {
+    fn detached(&self, wait: &mut (dyn FnMut() + Send)) {
+        wait();
+    }
+}
+
+/// Computes replies in place of the echo.
+pub trait Handler: Send + Sync {
+    /// Answers `message` from the client at `peer` (formatted like a Python
+    /// address tuple): the bytes to send back, `Ok(None)` for the default
+    /// echo, or `Err` with a description when it failed (the handler logs
+    /// the details itself). A failure closes that client's connection and
+    /// nothing else. May block: it runs on a handler thread.
+    fn reply(&self, peer: &str, message: &[u8]) -> Result<Option<Vec<u8>>, String>;
+
+    /// Runs a handler thread's life, `thread`, inside whatever context
+    /// [`Handler::reply`] needs, handing it the way to release that context
+    /// while waiting. The default holds nothing.
+    fn enter(&self, thread: &mut dyn FnMut(&dyn Detach)) {
+        thread(&Nothing);
+    }
+}

@@ -1,0 +1,260 @@
+//! `sockdemo.Server`: the blocking server handle, shaped after `socketserver`.
+//!
+//! The constructor binds (raising `OSError` at once), `serve_forever()` waits
+//! with the interpreter released and wakes every tick for signals, and every
+//! stop is bounded: a first Ctrl+C (or `shutdown()`) drains gracefully,
+//! waiting for running handlers at most `shutdown_timeout`; a second one
+//! stops at once. Interpreter exit closes every server still running.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use super::convert::{address, parse_protocol, seconds};
+use super::errors::to_py;
+use super::handler::PyHandler;
+use crate::client::TICK;
+use crate::config::{self, Config, Mode};
+use crate::handler::Handler;
+use crate::protocol;
+use crate::server;
+use crate::tls;
+
+/// Every server started, so that interpreter exit can stop them before
+/// Python goes away beneath their threads.
+static SERVERS: Mutex<Vec<Weak<server::Server>>> = Mutex::new(Vec::new());
+
+/// Resets pyo3-log's level cache, so a logging configuration made after
+/// import is honoured by servers created after it.
+pub(super) static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
+
+/// A TCP echo server, bound when constructed (port 0 picks a free port).
+///
+/// `handler`, if given, is called as `handler(message: str) -> str | bytes |
+/// None` on a pool of up to `handler_threads` threads; `None` keeps the echo.
+/// Use `serve_forever()` to serve on this thread (Ctrl+C stops it), or
+/// `start()` to serve in the background and `shutdown()` to stop.
+#[pyclass(frozen, module = "sockdemo")]
+pub(super) struct Server {
+    inner: Arc<server::Server>,
+}
+
+#[pymethods]
+impl Server {
+    #[new]
+    #[pyo3(signature = (
+        host = protocol::DEFAULT_HOST.to_owned(), port = 0, max_clients = 100, protocol = "raw",
+        reply_prefix = protocol::DEFAULT_PREFIX.to_owned(), idle_timeout = None, certfile = None,
+        keyfile = None, handler = None, *, buffer_size = protocol::DEFAULT_BUFFER_SIZE,
+        max_message_size = protocol::DEFAULT_MAX_MESSAGE_SIZE, message_timeout = Some(30.0),
+        write_timeout = Some(30.0), handler_threads = None, shutdown_timeout = 5.0
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        max_clients: usize,
+        protocol: &str,
+        reply_prefix: String,
+        idle_timeout: Option<f64>,
+        certfile: Option<PathBuf>,
+        keyfile: Option<PathBuf>,
+        handler: Option<Py<PyAny>>,
+        buffer_size: usize,
+        max_message_size: usize,
+        message_timeout: Option<f64>,
+        write_timeout: Option<f64>,
+        handler_threads: Option<usize>,
+        shutdown_timeout: f64,
+    ) -> PyResult<Self> {
+        if let Some(reset) = LOG_RESET.get() {
+            reset.reset();
+        }
+        let tls = match (certfile, keyfile) {
+            (Some(cert), key) => Some(
+                tls::server_config(&cert, key.as_ref().unwrap_or(&cert))
+                    .map_err(|e| to_py(py, e, None))?,
+            ),
+            (None, Some(_)) => return Err(PyValueError::new_err("keyfile needs a certfile")),
+            (None, None) => None,
+        };
+        if let Some(handler) = &handler
+            && !handler.bind(py).is_callable()
+        {
+            return Err(PyTypeError::new_err("handler must be callable"));
+        }
+        let config = Config {
+            max_clients,
+            protocol: parse_protocol(protocol)?,
+            reply_prefix: reply_prefix.into_bytes(),
+            buffer_size,
+            max_message_size,
+            idle_timeout: seconds("idle_timeout", idle_timeout)?,
+            message_timeout: seconds("message_timeout", message_timeout)?,
+            write_timeout: seconds("write_timeout", write_timeout)?,
+            tls,
+            handler_threads: handler_threads.unwrap_or_else(config::default_handler_threads),
+            shutdown_timeout: seconds("shutdown_timeout", Some(shutdown_timeout))?
+                .unwrap_or_default(),
+            ..Config::default()
+        };
+        let handler = handler.map(|h| Arc::new(PyHandler(h)) as Arc<dyn Handler>);
+        let inner = py
+            .detach(|| server::Server::bind(&host, port, config, handler))
+            .map_err(|e| to_py(py, e, None))?;
+        Ok(Server {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// `(host, port)` actually bound.
+    #[getter]
+    fn server_address<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        address(py, self.inner.local_addr())
+    }
+
+    /// The wire protocol: `"raw"` or `"framed"`.
+    #[getter]
+    fn protocol(&self) -> &'static str {
+        self.inner.config().protocol.name()
+    }
+
+    /// Clients served at once; later ones wait in the backlog.
+    #[getter]
+    fn max_clients(&self) -> usize {
+        self.inner.config().max_clients
+    }
+
+    /// Serves until `shutdown()` from another thread, or Ctrl+C, which
+    /// drains gracefully and then raises `KeyboardInterrupt`.
+    fn serve_forever(&self, py: Python<'_>) -> PyResult<()> {
+        self.start_in(py, Mode::Forever)?;
+        self.wait(py)
+    }
+
+    /// Serves one client, then returns; closes it after `max_messages`
+    /// messages if given (the original `server.py`).
+    #[pyo3(signature = (max_messages = None))]
+    fn handle_request(&self, py: Python<'_>, max_messages: Option<u64>) -> PyResult<()> {
+        self.start_in(py, Mode::Once { max_messages })?;
+        self.wait(py)
+    }
+
+    /// Starts serving on background threads and returns at once.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        self.start_in(py, Mode::Forever)
+    }
+
+    /// Stops accepting, lets replies in flight go out (waiting for running
+    /// handlers at most `shutdown_timeout`), closes every connection, then
+    /// returns. Ctrl+C while it waits stops at once. From inside a handler
+    /// it only asks the server to stop, and returns.
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        self.inner.stop();
+        self.drain(py)
+    }
+
+    /// Shuts down and releases the listening socket.
+    fn server_close(&self, py: Python<'_>) -> PyResult<()> {
+        self.shutdown(py)?;
+        py.detach(|| self.inner.close());
+        Ok(())
+    }
+
+    /// The server's counters: connections, messages, bytes, errors, and the
+    /// handler pool (`handler_queued`, `handler_threads`, `handler_busy`).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("connections_accepted", s.connections_accepted)?;
+        dict.set_item("connections_active", s.connections_active)?;
+        dict.set_item("messages", s.messages)?;
+        dict.set_item("bytes_in", s.bytes_in)?;
+        dict.set_item("bytes_out", s.bytes_out)?;
+        dict.set_item("errors", s.errors)?;
+        dict.set_item("handler_queued", s.handler.queued)?;
+        dict.set_item("handler_threads", s.handler.threads)?;
+        dict.set_item("handler_busy", s.handler.busy)?;
+        Ok(dict)
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<()> {
+        self.server_close(py)
+    }
+
+    fn __repr__(&self) -> String {
+        let config = self.inner.config();
+        format!(
+            "<sockdemo.Server {} protocol={} max_clients={}{}>",
+            self.inner.local_addr(),
+            config.protocol,
+            config.max_clients,
+            if config.tls.is_some() { " tls" } else { "" }
+        )
+    }
+}
+
+impl Server {
+    fn start_in(&self, py: Python<'_>, mode: Mode) -> PyResult<()> {
+        self.inner.start(mode).map_err(|e| to_py(py, e, None))?;
+        let mut servers = SERVERS.lock().unwrap_or_else(PoisonError::into_inner);
+        servers.retain(|s| s.strong_count() > 0);
+        servers.push(Arc::downgrade(&self.inner));
+        Ok(())
+    }
+
+    /// Waits for serving to end with the interpreter released, waking every
+    /// tick for signals; on Ctrl+C drains, then raises.
+    fn wait(&self, py: Python<'_>) -> PyResult<()> {
+        loop {
+            if let Some(result) = py.detach(|| self.inner.wait(TICK)) {
+                return result.map_err(|e| to_py(py, e, None));
+            }
+            if let Err(interrupt) = py.check_signals() {
+                self.inner.stop();
+                self.drain(py)?;
+                return Err(interrupt);
+            }
+        }
+    }
+
+    /// Waits for a stop already asked for to finish, waking every tick for
+    /// signals; an interrupt meanwhile abandons what is left and is raised.
+    fn drain(&self, py: Python<'_>) -> PyResult<()> {
+        if self.inner.on_handler_thread() {
+            return Ok(());
+        }
+        loop {
+            if py.detach(|| self.inner.wait(TICK)).is_some() {
+                // How serving ended was said to whoever waited in serve_forever.
+                py.detach(|| self.inner.shutdown());
+                return Ok(());
+            }
+            if let Err(interrupt) = py.check_signals() {
+                self.inner.abandon();
+                return Err(interrupt);
+            }
+        }
+    }
+}
+
+/// Stops every server still running; registered with `atexit`.
+#[pyfunction]
+pub(super) fn _shutdown_all(py: Python<'_>) {
+    let servers: Vec<_> =
+        std::mem::take(&mut *SERVERS.lock().unwrap_or_else(PoisonError::into_inner));
+    py.detach(|| {
+        for server in servers.iter().filter_map(Weak::upgrade) {
+            server.close();
+        }
+    });
+}
