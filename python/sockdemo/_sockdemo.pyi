@@ -56,13 +56,20 @@ class Server:
 
     ``handler``, if given, is called with each message (as ``str``, undecodable
     bytes kept as surrogates) and returns the reply instead (``None`` keeps the
-    echo). It runs on a server thread; an exception in it is logged with its
-    traceback under ``sockdemo.handler`` and closes only that client.
+    echo). It runs on a pool of up to ``handler_threads`` Python threads
+    (default ``min(32, cpus + 4)``), never on the network threads, so it may
+    block: a slow handler delays only its own client while a thread is free.
+    Replies keep their order per connection; while its handler runs, a
+    connection reads nothing more, so a busy pool pushes back on clients
+    instead of buffering. An exception in it, a wrong return type, an empty
+    raw reply or a framed reply over ``max_message_size`` is logged under
+    ``sockdemo.handler`` and closes only that client.
 
     ``certfile``/``keyfile`` (PEM) turn on TLS. Timeouts are in seconds:
     ``idle_timeout`` closes connections silent that long (default never),
     ``message_timeout`` bounds receiving a message once started and the TLS
-    handshake, ``write_timeout`` bounds writing a reply.
+    handshake, ``write_timeout`` bounds writing a reply, ``shutdown_timeout``
+    bounds how long a shutdown waits for handlers still running.
     """
 
     def __new__(
@@ -81,6 +88,8 @@ class Server:
         max_message_size: int = ...,
         message_timeout: float | None = ...,
         write_timeout: float | None = ...,
+        handler_threads: int | None = None,
+        shutdown_timeout: float = 5.0,
     ) -> Server: ...
     @property
     def server_address(self) -> tuple[Any, ...]:
@@ -95,7 +104,8 @@ class Server:
         """Serves until :meth:`shutdown` is called from another thread.
 
         The interpreter is released while serving. Ctrl+C (any exception from
-        a signal handler) shuts the server down gracefully, then propagates.
+        a signal handler) shuts the server down gracefully, then propagates; a
+        second Ctrl+C while handlers are still draining stops at once.
         """
     def handle_request(self, max_messages: int | None = None) -> None:
         """Serves a single client, then returns (``server.py``).
@@ -106,12 +116,16 @@ class Server:
         """Serves in the background (on Rust threads) and returns at once."""
     def shutdown(self) -> None:
         """Stops serving: no new clients, replies in flight go out, every
-        connection closes. Returns when that is done. Safe from any thread."""
+        connection closes. Returns when that is done, waiting for handlers
+        still running at most ``shutdown_timeout``. Safe from any thread; from
+        inside a handler it only asks, and the handler's reply still goes out."""
     def server_close(self) -> None:
         """Shuts down if serving, then releases the listening socket."""
     def stats(self) -> dict[str, int]:
         """Counters: ``connections_accepted``, ``connections_active``,
-        ``messages``, ``bytes_in``, ``bytes_out``, ``errors``."""
+        ``messages``, ``bytes_in``, ``bytes_out``, ``errors``, and the handler
+        pool: ``handler_queued`` (messages waiting for a thread),
+        ``handler_threads`` (running) and ``handler_busy`` (not idle)."""
     def __enter__(self) -> Server: ...
     def __exit__(
         self,

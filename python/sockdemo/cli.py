@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import logging
 import os
@@ -212,6 +213,26 @@ def _add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> 
         help="a reply must be written within this; a client that never reads is "
         "dropped (default 30)",
     )
+    parser.add_argument(
+        "--handler",
+        metavar="MODULE:FUNCTION",
+        help="reply with FUNCTION(message) from MODULE (imported from the current "
+        "directory first) instead of the echo; it returns str, bytes, or None for the echo",
+    )
+    parser.add_argument(
+        "--handler-threads",
+        type=_positive,
+        metavar="N",
+        help="most threads running a Python handler at once (default min(32, cpus + 4))",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="on Ctrl+C or SIGTERM, wait this long for handlers still running; "
+        "a second Ctrl+C stops at once (default 5)",
+    )
     parser.add_argument("--certfile", metavar="PEM", help="serve TLS with this certificate chain")
     parser.add_argument(
         "--keyfile", metavar="PEM", help="the certificate's private key (default: in --certfile)"
@@ -247,6 +268,33 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
 # -- servers -------------------------------------------------------------------
 
 
+class HandlerError(Exception):
+    """A ``--handler`` that cannot be loaded; the message says why."""
+
+
+def load_handler(spec: str) -> Callable[[str], Any]:
+    """Imports ``module:function`` (dots allowed on both sides) as uvicorn
+    loads an app: the current directory comes first on the import path."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise HandlerError(f"--handler {spec!r} must look like module:function")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HandlerError(f"--handler {spec!r}: cannot import {module_name!r}: {exc}") from None
+    for name in attribute.split("."):
+        try:
+            found = getattr(found, name)
+        except AttributeError:
+            raise HandlerError(f"--handler {spec!r}: {module_name} has no {attribute!r}") from None
+    if not callable(found):
+        raise HandlerError(f"--handler {spec!r}: {attribute} is not callable")
+    handler: Callable[[str], Any] = found
+    return handler
+
+
 def _open_server(args: argparse.Namespace) -> Server | None:
     _configure_logging(getattr(args, "log_level", "info"))
     try:
@@ -263,6 +311,9 @@ def _open_server(args: argparse.Namespace) -> Server | None:
             max_message_size=args.max_message_size,
             message_timeout=args.message_timeout,
             write_timeout=args.write_timeout,
+            handler=args.handler_function,
+            handler_threads=args.handler_threads,
+            shutdown_timeout=args.shutdown_timeout,
         )
     except (OSError, ValueError) as exc:
         _refuse(exc, args)
@@ -294,6 +345,11 @@ def _serve(args: argparse.Namespace, serve: Callable[[Server], None]) -> int:
     # a Ctrl+C or SIGTERM that arrives right after the "listening" line is
     # printed is still a clean shutdown, never a traceback or a kill.
     _interrupt_on_sigterm()
+    try:
+        args.handler_function = load_handler(args.handler) if args.handler else None
+    except HandlerError as exc:
+        _say(f"Error: {exc}")
+        return 2
     try:
         server = _open_server(args)
         if server is None:

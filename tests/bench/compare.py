@@ -17,10 +17,18 @@ figure from the same round, and the median of those ratios is shown, so a
 shared machine that changes speed between rounds does not skew it. Server CPU time comes
 from ``/proc/PID/stat`` and peak memory from ``VmHWM`` in ``/proc/PID/status``.
 
-Finally a Python loop of ``Client.request`` is timed against the same loop
-written with the ``socket`` module.
+A second table runs Python handlers (``handlers.py``): sockdemo with
+``--handler`` against uvloop streams calling the same function inline, with
+sockdemo's own echo beside them as the ceiling; its ratios are to uvloop.
 
-    python tests/bench/compare.py [--rounds 3] [--duration 3] [--quick]
+Finally a Python loop of ``Client.request`` is timed against the same loop
+written with the ``socket`` module, the two alternating in order.
+
+Every figure is a median with its spread (min-max over rounds); a round that
+failed is counted in the table, never dropped. ``--pin`` puts the servers on
+the first half of the cores and the load generator on the other half.
+
+    python tests/bench/compare.py [--rounds 3] [--duration 3] [--quick] [--pin]
 
 Writes ``RESULTS.md`` and ``results.png`` beside this file (``--output``).
 """
@@ -39,12 +47,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import sockdemo
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 TOKIO_REFERENCE = ROOT / "target" / "release" / "examples" / "tokio_reference"
+
+
+REFERENCE = "tokio (reference)"
+HANDLER_REFERENCE = "uvloop + handler"
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,11 @@ class Workload:
     size: int
     protocol: str = "raw"
     memory: bool = False  # the point is peak memory, not speed
+    handler: str | None = None  # a function of handlers.py
+
+    @property
+    def reference(self) -> str:
+        return HANDLER_REFERENCE if self.handler else REFERENCE
 
 
 WORKLOADS = [
@@ -61,38 +79,66 @@ WORKLOADS = [
     Workload("10 conn x 1 KiB", 10, 1024),
     Workload("100 conn x 1 KiB", 100, 1024),
     Workload("10 conn x 100 KiB (framed)", 10, 100 * 1024, "framed"),
+    Workload("10 conn x 100 KiB (raw burst)", 10, 100 * 1024),
     Workload("9,000 conn x 64 B", 9000, 64, memory=True),
+    Workload("handler, 1 conn x 64 B", 1, 64, handler="echo"),
+    Workload("handler, 10 conn x 64 B", 10, 64, handler="echo"),
+    Workload("handler, 100 conn x 64 B", 100, 64, handler="echo"),
+    Workload("10 µs handler, 100 conn x 64 B", 100, 64, handler="busy"),
 ]
 
 
-def server_commands() -> dict[str, list[str]]:
-    python = sys.executable
-    contenders = {
-        "sockdemo": [python, "-m", "sockdemo", "server", "--max-clients", "10000",
-                     "--log-level", "warning"],
-        "tokio (reference)": [str(TOKIO_REFERENCE)],
-        "uvloop": [python, str(HERE / "py_servers.py"), "--kind", "uvloop"],
-        "asyncio": [python, str(HERE / "py_servers.py"), "--kind", "asyncio"],
-        "socketserver": [python, str(HERE / "py_servers.py"), "--kind", "socketserver"],
-    }  # fmt: skip
+SOCKDEMO = [sys.executable, "-m", "sockdemo", "server", "--max-clients", "10000",
+            "--log-level", "warning"]  # fmt: skip
+PY_SERVERS = [sys.executable, str(HERE / "py_servers.py"), "--kind"]
+
+
+def server_commands(workload: Workload) -> dict[str, list[str]]:
+    """The contenders for `workload`, by name."""
+    if workload.handler:
+        handler = f"handlers:{workload.handler}"
+        contenders = {
+            "sockdemo + handler": [*SOCKDEMO, "--handler", handler],
+            HANDLER_REFERENCE: [*PY_SERVERS, "uvloop", "--handler", workload.handler],
+            "sockdemo echo (ceiling)": SOCKDEMO,
+        }
+    else:
+        contenders = {
+            "sockdemo": SOCKDEMO,
+            REFERENCE: [str(TOKIO_REFERENCE)],
+            "uvloop": [*PY_SERVERS, "uvloop"],
+            "asyncio": [*PY_SERVERS, "asyncio"],
+            "socketserver": [*PY_SERVERS, "socketserver"],
+        }
     try:
         import uvloop  # noqa: F401
     except ImportError:
         print("uvloop is not installed: skipping it (make bench installs it)", file=sys.stderr)
-        del contenders["uvloop"]
+        contenders = {k: v for k, v in contenders.items() if "uvloop" not in k}
     return contenders
+
+
+def pin(cores: set[int] | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that keeps a child process on `cores`."""
+    if cores is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cores)
 
 
 class ServerProcess:
     """A contender running as a child process on a free port."""
 
-    def __init__(self, argv: list[str], protocol: str) -> None:
+    def __init__(self, argv: list[str], protocol: str, cores: set[int] | None = None) -> None:
+        # handlers.py is importable by every contender, sockdemo's --handler included.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
         self.proc = subprocess.Popen(
             [*argv, "--port", "0", "--protocol", protocol],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             cwd=ROOT,
+            env=env,
+            preexec_fn=pin(cores),
         )
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline().strip()
@@ -139,13 +185,23 @@ class Row:
     workload: Workload
     server: str
     by_round: dict[int, Sample] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
     @property
     def samples(self) -> list[Sample]:
         return list(self.by_round.values())
 
     def median(self, attribute: str) -> float:
+        if not self.samples:
+            return float("nan")
         return statistics.median(getattr(s, attribute) for s in self.samples)
+
+    def spread(self, attribute: str, fmt: str = ",.0f") -> str:
+        """``min-max`` over rounds."""
+        values = [getattr(s, attribute) for s in self.samples]
+        if not values:
+            return "-"
+        return f"{min(values):{fmt}}-{max(values):{fmt}}"
 
     def ratio_to(self, reference: Row | None) -> float:
         """Median over rounds of this round's req/s over the reference's."""
@@ -159,8 +215,8 @@ class Row:
         return statistics.median(ratios) if ratios else float("nan")
 
 
-def measure(argv: list[str], workload: Workload, duration: float) -> Sample:
-    server = ServerProcess(argv, workload.protocol)
+def measure(argv: list[str], workload: Workload, duration: float, cores: set[int] | None) -> Sample:
+    server = ServerProcess(argv, workload.protocol, cores)
     try:
         cpu_before = server.cpu_seconds()
         report = sockdemo.bench(
@@ -190,24 +246,62 @@ def python_loop(rounds: int, requests: int) -> tuple[float, float]:
     message = "Hello from the client!"
     client_times: list[float] = []
     socket_times: list[float] = []
+
+    def with_client(address: tuple[str, int]) -> None:
+        with sockdemo.Client(*address) as client:
+            start = time.perf_counter()
+            for _ in range(requests):
+                client.request(message)
+            client_times.append((time.perf_counter() - start) / requests * 1e6)
+
+    def with_socket(address: tuple[str, int]) -> None:
+        with socket.create_connection(address) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            start = time.perf_counter()
+            for _ in range(requests):
+                sock.sendall(message.encode())
+                sock.recv(1024).decode()
+            socket_times.append((time.perf_counter() - start) / requests * 1e6)
+
     with sockdemo.Server(port=0) as server:
         server.start()
         address = server.server_address
-        for _ in range(rounds):
-            with sockdemo.Client(*address) as client:
-                start = time.perf_counter()
-                for _ in range(requests):
-                    client.request(message)
-                client_times.append((time.perf_counter() - start) / requests * 1e6)
-            with socket.create_connection(address) as sock:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                start = time.perf_counter()
-                for _ in range(requests):
-                    sock.sendall(message.encode())
-                    sock.recv(1024).decode()
-                socket_times.append((time.perf_counter() - start) / requests * 1e6)
+        for round_ in range(rounds):
+            # Alternate which goes first, so neither always gets a warm machine.
+            order = (with_client, with_socket) if round_ % 2 == 0 else (with_socket, with_client)
+            for loop in order:
+                loop(address)
         server.shutdown()
     return statistics.median(client_times), statistics.median(socket_times)
+
+
+def table(rows: list[Row], handlers: bool) -> list[str]:
+    lines = [
+        "| workload | server | req/s (median) | spread | "
+        + ("vs uvloop + handler | vs sockdemo echo" if handlers else "vs tokio")
+        + " | MiB/s | p99 ms | p99 spread | server CPU µs/req | peak RSS MiB | errors "
+        "| failed rounds |",
+        "|---|---|---:|---:|" + ("---:|---:|" if handlers else "---:|") + "---:|---:|---:|---:|"
+        "---:|---:|---:|",
+    ]
+    by_key = {(r.workload, r.server): r for r in rows}
+    for row in rows:
+        if bool(row.workload.handler) != handlers:
+            continue
+        ratio = row.ratio_to(by_key.get((row.workload, row.workload.reference)))
+        ratios = f"{ratio:.2f}"
+        if handlers:
+            ceiling = row.ratio_to(by_key.get((row.workload, "sockdemo echo (ceiling)")))
+            ratios += f" | {ceiling:.2f}"
+        peak = max((s.peak_rss_mib for s in row.samples), default=float("nan"))
+        lines.append(
+            f"| {row.workload.name} | {row.server} | {row.median('rps'):,.0f} "
+            f"| {row.spread('rps')} | {ratios} | {row.median('mib_s'):,.1f} "
+            f"| {row.median('p99_ms'):.3f} | {row.spread('p99_ms', '.3f')} "
+            f"| {row.median('cpu_us_per_request'):.1f} | {peak:.1f} "
+            f"| {sum(s.errors for s in row.samples)} | {len(row.failures)} |"
+        )
+    return lines
 
 
 def markdown(rows: list[Row], loop: tuple[float, float] | None, args: argparse.Namespace) -> str:
@@ -215,25 +309,27 @@ def markdown(rows: list[Row], loop: tuple[float, float] | None, args: argparse.N
         "# sockdemo benchmark",
         "",
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; {args.rounds} rounds of "
-        f"{args.duration:g} s per server and workload, servers alternating; medians, "
-        "and ratios to tokio paired round by round. "
-        "Load from `sockdemo.bench` (closed loop, every reply checked) on the same machine.",
+        f"{args.duration:g} s per server and workload, servers alternating; medians with "
+        "their spread (min-max over rounds), and ratios paired round by round. "
+        "Load from `sockdemo.bench` (closed loop, every reply checked) on the same machine"
+        + (", pinned to other cores than the servers." if args.pin else ", cores shared."),
         "",
-        "| workload | server | req/s | vs tokio | MiB/s | p99 ms | server CPU µs/req "
-        "| peak RSS MiB | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "## Echo",
+        "",
+        *table(rows, handlers=False),
+        "",
+        "## Python handler",
+        "",
+        "The reply computed by a Python function (`tests/bench/handlers.py`: `echo` returns "
+        "the prefix plus the message; the 10 µs one loops first). sockdemo runs it with "
+        "`--handler`; uvloop streams call it inline.",
+        "",
+        *table(rows, handlers=True),
     ]
-    reference = {r.workload: r for r in rows if r.server == "tokio (reference)"}
-    for row in rows:
-        rps = row.median("rps")
-        peak = max(s.peak_rss_mib for s in row.samples)
-        ratio = row.ratio_to(reference.get(row.workload))
-        lines.append(
-            f"| {row.workload.name} | {row.server} | {rps:,.0f} | {ratio:.2f} "
-            f"| {row.median('mib_s'):,.1f} | {row.median('p99_ms'):.3f} "
-            f"| {row.median('cpu_us_per_request'):.1f} | {peak:.1f} "
-            f"| {sum(s.errors for s in row.samples)} |"
-        )
+    failures = [(r, f) for r in rows for f in r.failures]
+    if failures:
+        lines += ["", "Failed rounds:", ""]
+        lines += [f"- {r.workload.name}, {r.server}: {f}" for r, f in failures]
     if loop is not None:
         client, plain = loop
         lines += [
@@ -257,6 +353,9 @@ def chart(rows: list[Row], path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed: no chart (make bench installs it)", file=sys.stderr)
         return False
+    rows = [r for r in rows if not r.workload.handler and r.samples]
+    if not rows:
+        return False
     servers = list(dict.fromkeys(r.server for r in rows))
     speed = [w for w in dict.fromkeys(r.workload for r in rows) if not w.memory]
     memory = [w for w in dict.fromkeys(r.workload for r in rows) if w.memory]
@@ -266,7 +365,7 @@ def chart(rows: list[Row], path: Path) -> bool:
     for i, server in enumerate(servers):
         values = []
         for w in speed:
-            row, ref = by_key.get((w, server)), by_key.get((w, "tokio (reference)"))
+            row, ref = by_key.get((w, server)), by_key.get((w, REFERENCE))
             values.append(row.ratio_to(ref) if row else 0)
         axes[0].bar([x + i * width for x in range(len(speed))], values, width, label=server)
         if memory:
@@ -296,6 +395,9 @@ def main() -> int:
     parser.add_argument("--servers", nargs="*", help="only these contenders")
     parser.add_argument("--workloads", nargs="*", type=int, help="only these (1-based) workloads")
     parser.add_argument("--output", type=Path, default=HERE, help="where to write the results")
+    parser.add_argument(
+        "--pin", action="store_true", help="servers and load generator on separate cores"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 1.0
@@ -306,25 +408,39 @@ def main() -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    contenders = server_commands()
-    if args.servers:
-        contenders = {k: v for k, v in contenders.items() if any(s in k for s in args.servers)}
+    server_cores = load_cores = None
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cores) >= 2:
+        server_cores = set(cores[: len(cores) // 2])
+        load_cores = set(cores[len(cores) // 2 :])
+        os.sched_setaffinity(0, load_cores)
+    elif args.pin:
+        print("--pin needs at least 2 cores: running unpinned", file=sys.stderr)
+        args.pin = False
     workloads = [w for i, w in enumerate(WORKLOADS, 1) if not args.workloads or i in args.workloads]
     if any(w.memory for w in workloads) and hard < 2 * 9000 + 100:
         print(f"RLIMIT_NOFILE is {hard}: skipping the 9,000-connection workload", file=sys.stderr)
         workloads = [w for w in workloads if not w.memory]
 
-    rows = [Row(w, name) for w in workloads for name in contenders]
+    def chosen(workload: Workload) -> dict[str, list[str]]:
+        contenders = server_commands(workload)
+        if args.servers:
+            return {k: v for k, v in contenders.items() if any(s in k for s in args.servers)}
+        return contenders
+
+    rows = [Row(w, name) for w in workloads for name in chosen(w)]
     for workload in workloads:
+        contenders = chosen(workload)
         for round_ in range(args.rounds):
             names = list(contenders)
             names = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in names:
                 row = next(r for r in rows if r.workload == workload and r.server == name)
                 try:
-                    sample = measure(contenders[name], workload, args.duration)
+                    sample = measure(contenders[name], workload, args.duration, server_cores)
                 except Exception as exc:  # a contender that cannot take the load
                     print(f"  {workload.name:28} {name:20} failed: {exc}", file=sys.stderr)
+                    row.failures.append(f"round {round_ + 1}: {exc}")
                     continue
                 row.by_round[round_] = sample
                 print(
@@ -333,7 +449,6 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-    rows = [r for r in rows if r.samples]
     loop = python_loop(rounds=max(args.rounds, 3), requests=2000 if args.quick else 20000)
     table = markdown(rows, loop, args)
     print(table)

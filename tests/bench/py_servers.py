@@ -7,6 +7,10 @@ concurrent. All speak sockdemo's raw and framed protocols with the same
 prefix and ``bye`` rule, and print the same first line as sockdemo's server.
 
     python tests/bench/py_servers.py --kind asyncio --port 0 --protocol raw
+
+``--handler echo|busy`` makes the reply the result of that function from
+``handlers.py`` (the same one sockdemo's ``--handler`` runs), called inline on
+the event loop or the client's thread: the way a pure-Python server runs it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import socket
 import socketserver
 import struct
 import sys
+from typing import Callable
+
+import handlers
 
 PREFIX = b"Server received: "
 BYE = b"Server acknowledging bye. Goodbye!"
@@ -30,13 +37,29 @@ def framed(payload: bytes) -> bytes:
     return struct.pack("!I", len(payload)) + payload
 
 
+def echo(message: bytes) -> bytes:
+    return PREFIX + message
+
+
+#: Computes a reply; `main` replaces it when a handler is asked for.
+reply: Callable[[bytes], bytes] = echo
+
+
+def with_handler(handler: Callable[[str], str]) -> Callable[[bytes], bytes]:
+    def call(message: bytes) -> bytes:
+        text = handler(message.decode("utf-8", "surrogateescape"))
+        return text.encode("utf-8", "surrogateescape")
+
+    return call
+
+
 async def serve_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(1024):
             if is_bye(data):
                 writer.write(BYE)
                 break
-            writer.write(PREFIX + data)
+            writer.write(reply(data))
             await writer.drain()
     except ConnectionError:
         pass
@@ -52,7 +75,7 @@ async def serve_framed(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
             if is_bye(payload):
                 writer.write(framed(BYE))
                 break
-            writer.write(framed(PREFIX + payload))
+            writer.write(framed(reply(payload)))
             await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
@@ -76,7 +99,7 @@ class RawHandler(socketserver.BaseRequestHandler):
             if is_bye(data):
                 conn.sendall(BYE)
                 return
-            conn.sendall(PREFIX + data)
+            conn.sendall(reply(data))
 
 
 class FramedHandler(socketserver.StreamRequestHandler):
@@ -87,7 +110,7 @@ class FramedHandler(socketserver.StreamRequestHandler):
             if is_bye(payload):
                 self.request.sendall(framed(BYE))
                 return
-            self.request.sendall(framed(PREFIX + payload))
+            self.request.sendall(framed(reply(payload)))
 
 
 class ThreadingServer(socketserver.ThreadingTCPServer):
@@ -101,7 +124,11 @@ def main() -> int:
     parser.add_argument("--kind", choices=("asyncio", "uvloop", "socketserver"), required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--protocol", choices=("raw", "framed"), default="raw")
+    parser.add_argument("--handler", choices=("echo", "busy"), help="reply with this function")
     args = parser.parse_args()
+    if args.handler:
+        global reply
+        reply = with_handler(getattr(handlers, args.handler))
     try:
         if args.kind == "socketserver":
             handler = FramedHandler if args.protocol == "framed" else RawHandler
