@@ -100,8 +100,12 @@ pub struct Report {
     pub connections: usize,
     /// Correct replies received.
     pub requests: u64,
-    /// Failed connects, I/O errors, timeouts and wrong replies.
+    /// Failed connects, I/O errors, timeouts, wrong replies, and workers
+    /// that ended abnormally.
     pub errors: u64,
+    /// Requests still unanswered when the run ended: neither counted nor an
+    /// error, but a server that never answers shows here.
+    pub unanswered: u64,
     /// Time under load (from release to the end).
     pub elapsed: Duration,
     /// Payload bytes sent in requests that got a correct reply.
@@ -221,10 +225,8 @@ pub fn run(
     let outcomes = runtime.block_on(async {
         let mut outcomes = Vec::with_capacity(tasks.len());
         for task in tasks {
-            // A worker that panicked is a bug; its connection counts as lost.
-            if let Ok(outcome) = task.await {
-                outcomes.push(outcome);
-            }
+            // A worker that panicked is a bug; it counts as an error.
+            outcomes.push(task.await.ok());
         }
         outcomes
     });
@@ -238,6 +240,11 @@ pub fn run(
         ..Report::default()
     };
     for outcome in outcomes {
+        let Some(outcome) = outcome else {
+            report.errors += 1;
+            continue;
+        };
+        report.unanswered += outcome.unanswered;
         report.connections += usize::from(outcome.opened);
         report.requests += outcome.requests;
         report.errors += outcome.errors;
@@ -285,6 +292,7 @@ struct Outcome {
     opened: bool,
     requests: u64,
     errors: u64,
+    unanswered: u64,
     latency: Histogram<u64>,
 }
 
@@ -294,6 +302,7 @@ impl Outcome {
             opened: false,
             requests: 0,
             errors: 0,
+            unanswered: 0,
             latency,
         }
     }
@@ -378,7 +387,10 @@ impl Worker {
             let limit = (sent + REPLY_TIMEOUT).min(end);
             match tokio::time::timeout_at(limit.into(), exchange).await {
                 Ok(result) => result?,
-                Err(_) if Instant::now() >= end => return Ok(()),
+                Err(_) if Instant::now() >= end => {
+                    outcome.unanswered += 1;
+                    return Ok(());
+                }
                 Err(_) => return Err(Error::Timeout(REPLY_TIMEOUT)),
             }
             let micros = sent.elapsed().as_micros().max(1);

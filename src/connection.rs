@@ -18,15 +18,18 @@
 //! given back as soon as it empties.
 //!
 //! With a handler, the whole messages of a batch go to the dispatcher as one
-//! job and the connection awaits the answer without reading more, so replies
-//! stay in order and a slow handler slows only its own clients. `bye` and the
-//! echo never wait on the handler. On shutdown a connection stops reading,
-//! waits for a handler already running for it (up to the shutdown timeout),
-//! finishes the reply it is writing (with a short grace period), and closes.
+//! job; the replies go to the connection's outbox, which writes them straight
+//! into the socket when it can. The connection hands over no more messages
+//! (and writes no `bye`) until that job is settled, so replies stay in order
+//! and a slow handler slows only its own clients. `bye` and the echo never
+//! wait on the handler. On shutdown a connection stops reading, waits for a
+//! handler already running for it (up to the shutdown timeout), finishes the
+//! reply it is writing (with a short grace period), and closes.
 
-use std::future::{Future, poll_fn};
+use std::future::{Future, pending, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -36,13 +39,13 @@ use bytes::{Buf, BytesMut};
 use log::{Level, debug, info, log, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::dispatch::{Answer, Dispatcher};
+use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
+use crate::outbox::{Delivered, Outbox};
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Reply, is_bye};
 use crate::stats::Stats;
 
@@ -123,6 +126,7 @@ pub(crate) async fn serve(
                 // Asked once per connection, not per message: the answer
                 // may involve the Python logging configuration.
                 log_messages: log::log_enabled!(shared.message_level),
+                outbox: None,
             };
             let result = conn.run().await;
             // Counted before the peer can see the close, so whoever sees it
@@ -278,13 +282,23 @@ struct Connection<'a> {
     session: Session,
     shutdown: &'a CancellationToken,
     log_messages: bool,
+    /// Where the handler's replies go; made at the first job.
+    outbox: Option<Arc<Outbox>>,
+}
+
+/// What woke a connection waiting for its next bytes.
+enum Woken {
+    Shutdown,
+    /// The handler pool left replies or a failure in the outbox.
+    Outbox,
+    Read(Option<io::Result<usize>>),
 }
 
 /// What answering the whole messages in the buffer came to.
 #[derive(Debug, Default)]
 struct Batch {
-    /// Messages answered.
-    answered: u64,
+    /// Messages taken from the buffer: answered, or handed to the handler.
+    taken: u64,
     /// The session ends here.
     end: Option<End>,
     /// Bytes still missing from the message at the front of the buffer.
@@ -307,8 +321,8 @@ impl Connection<'_> {
                 None => self.echo(&mut inbuf, allowance).await?,
                 Some(dispatcher) => self.dispatch(dispatcher, &mut inbuf, allowance).await?,
             };
-            if batch.answered > 0 {
-                answered += batch.answered;
+            if batch.taken > 0 {
+                answered += batch.taken;
                 message_deadline = None;
             }
             if let Some(end) = batch.end {
@@ -326,19 +340,55 @@ impl Connection<'_> {
                 None => config.idle_timeout.map(|t| Instant::now() + t),
             };
             let want = read_size.max(batch.needed.min(MAX_READ_AHEAD));
-            let read = self.transport.read_into(&mut inbuf, want);
-            let n = tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => return Ok(End::Shutdown),
-                result = until(deadline, read) => match result {
-                    Some(n) => n?,
-                    // Silence between messages is the server's policy to end;
-                    // a message left unfinished is the client's failure.
-                    None if message_deadline.is_none() => return Ok(End::Idle),
-                    None => return Err(Error::Timeout(config.message_timeout.unwrap_or_default())),
-                },
+            let armed = Instant::now();
+            let woken = {
+                let outbox = self.outbox.clone();
+                let needed = async {
+                    match &outbox {
+                        Some(outbox) => outbox.needed().await,
+                        None => pending().await,
+                    }
+                };
+                let read = self.transport.read_into(&mut inbuf, want);
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => Woken::Shutdown,
+                    _ = needed => Woken::Outbox,
+                    result = until(deadline, read) => Woken::Read(result),
+                }
+            };
+            let n = match woken {
+                Woken::Shutdown => {
+                    self.settle().await?;
+                    return Ok(End::Shutdown);
+                }
+                Woken::Outbox => {
+                    let delivered = self.outbox.as_ref().map(|o| o.take()).unwrap_or_default();
+                    self.absorb(delivered).await?;
+                    continue;
+                }
+                Woken::Read(Some(n)) => n?,
+                // A handler still at work, or done since the timer was set,
+                // is activity: wait again.
+                Woken::Read(None)
+                    if message_deadline.is_none()
+                        && self
+                            .outbox
+                            .as_ref()
+                            .is_some_and(|o| o.busy_since(armed.into_std())) =>
+                {
+                    continue;
+                }
+                // Silence between messages is the server's policy to end;
+                // a message left unfinished is the client's failure.
+                Woken::Read(None) if message_deadline.is_none() => return Ok(End::Idle),
+                Woken::Read(None) => {
+                    return Err(Error::Timeout(config.message_timeout.unwrap_or_default()));
+                }
             };
             if n == 0 {
+                // Replies owed for messages already read still go out.
+                self.settle().await?;
                 if !inbuf.is_empty() {
                     return Err(Error::Protocol(format!(
                         "connection closed in the middle of a message ({} bytes received)",
@@ -367,7 +417,7 @@ impl Connection<'_> {
         let mut out = Vec::new();
         let mut unflushed: u64 = 0;
         loop {
-            if allowance.is_some_and(|max| batch.answered >= max) {
+            if allowance.is_some_and(|max| batch.taken >= max) {
                 batch.end = Some(End::Limit);
                 break;
             }
@@ -388,7 +438,7 @@ impl Connection<'_> {
                 batch.end = Some(End::Bye);
             }
             inbuf.advance(frame.consumed());
-            batch.answered += 1;
+            batch.taken += 1;
             unflushed += 1;
             if batch.end.is_some() {
                 break;
@@ -445,56 +495,95 @@ impl Connection<'_> {
             messages.push(payload);
         }
         let data = inbuf.split_to(cut).freeze();
-        let mut out = Vec::new();
+        batch.taken = messages.len() as u64;
         if !messages.is_empty() {
-            let answer = self
-                .await_answer(dispatcher.submit(self.peer.clone(), data, messages))
-                .await?;
-            out = answer.out;
-            batch.answered = answer.answered;
-            if let Some(error) = answer.error {
-                // The replies owed for earlier messages still go out, then
-                // the reason, where the protocol has a way to say it.
-                if matches!(error, Error::MessageTooLarge { .. }) {
-                    self.refuse(&error, out, batch.answered).await;
-                } else {
-                    let _ = self.flush(&mut out, batch.answered).await;
-                }
-                return Err(error);
-            }
+            // One job in flight per connection: replies stay in order.
+            self.settle().await?;
+            let outbox = self.outbox();
+            outbox.begin();
+            dispatcher.submit(self.peer.clone(), data, messages, outbox);
         }
+        if bye || refused.is_some() || batch.end.is_some() {
+            // What ends the session goes out after every reply owed.
+            self.settle().await?;
+        }
+        let mut out = Vec::new();
         if bye {
             codec.encode(&[BYE_REPLY.as_bytes()], &mut out)?;
-            batch.answered += 1;
+            batch.taken += 1;
             batch.end = Some(End::Bye);
+            self.flush(&mut out, 1).await?;
         }
         if let Some(e) = refused {
-            self.refuse(&e, out, batch.answered).await;
+            self.refuse(&e, out, 0).await;
             return Err(e);
         }
-        self.flush(&mut out, batch.answered).await?;
         Ok(batch)
     }
 
-    /// Waits for the handler's answer; once shutdown is asked, for at most
-    /// the shutdown timeout more.
-    async fn await_answer(&self, mut answer: oneshot::Receiver<Answer>) -> Result<Answer> {
-        // The pool drops a job only when it could not start any thread.
-        let lost = |_| Error::Handler("no handler thread could be started".into());
-        tokio::select! {
+    /// The connection's outbox, made at its first job. Over plain TCP it
+    /// holds a duplicate of the socket's descriptor, for handler threads to
+    /// write replies without waking this task.
+    fn outbox(&mut self) -> Arc<Outbox> {
+        let transport = &self.transport;
+        self.outbox
+            .get_or_insert_with(|| {
+                let socket = match transport {
+                    Transport::Plain(stream) => stream.as_fd().try_clone_to_owned().ok(),
+                    Transport::Tls(_) => None,
+                };
+                Arc::new(Outbox::new(socket))
+            })
+            .clone()
+    }
+
+    /// Waits for the job in flight, if any, to be settled, and writes what
+    /// the pool left; once shutdown is asked, waits at most the shutdown
+    /// timeout more.
+    async fn settle(&mut self) -> Result<()> {
+        let Some(outbox) = self.outbox.clone() else {
+            return Ok(());
+        };
+        let delivered = tokio::select! {
             biased;
-            answer = &mut answer => return answer.map_err(lost),
-            _ = self.shutdown.cancelled() => {}
-        }
-        let grace = self.shared.config.shutdown_timeout;
-        match timeout(grace, answer).await {
-            Ok(answer) => answer.map_err(lost),
-            Err(_) => {
-                warn!(
-                    "The handler for {} is still running after {grace:?} of shutdown; closing that connection.",
-                    self.peer
-                );
-                Err(Error::Timeout(grace))
+            delivered = outbox.settled() => delivered,
+            _ = self.shutdown.cancelled() => {
+                let grace = self.shared.config.shutdown_timeout;
+                match timeout(grace, outbox.settled()).await {
+                    Ok(delivered) => delivered,
+                    Err(_) => {
+                        warn!(
+                            "The handler for {} is still running after {grace:?} of shutdown; closing that connection.",
+                            self.peer
+                        );
+                        return Err(Error::Timeout(grace));
+                    }
+                }
+            }
+        };
+        self.absorb(delivered).await
+    }
+
+    /// Counts what the pool answered, writes the replies it could not, and
+    /// reports the failure that stopped a job, where the protocol has a way
+    /// to say it.
+    async fn absorb(&mut self, delivered: Delivered) -> Result<()> {
+        let Delivered {
+            answered,
+            written,
+            mut unwritten,
+            error,
+        } = delivered;
+        self.shared.stats.answered(answered, written);
+        match error {
+            None => self.flush(&mut unwritten, 0).await,
+            Some(error @ Error::MessageTooLarge { .. }) => {
+                self.refuse(&error, unwritten, 0).await;
+                Err(error)
+            }
+            Some(error) => {
+                let _ = self.flush(&mut unwritten, 0).await;
+                Err(error)
             }
         }
     }
@@ -565,6 +654,9 @@ impl Connection<'_> {
     }
 
     async fn close(&mut self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.close();
+        }
         // A peer that has gone already makes this fail; there is nothing to add.
         let _ = until(
             Some(Instant::now() + SHUTDOWN_GRACE),

@@ -1,13 +1,14 @@
 //! The handler dispatcher: a pool of threads that run the reply [`Handler`]
 //! for every connection, so the network threads never wait on handler code.
 //!
-//! A connection hands over a *job*, every whole message it has read, and
-//! awaits one *answer*, the encoded replies. It has one job in flight at a
-//! time and reads nothing meanwhile, which gives two properties for free:
-//! replies keep their order per connection, and the queue is bounded (at most
-//! one job per connection, each no larger than one read). When the handler
-//! falls behind, connections stop reading and TCP pushes back on their
-//! clients; memory does not grow.
+//! A connection hands over a *job*, every whole message it has read, and the
+//! pool delivers the encoded replies to the connection's [`Outbox`] (which
+//! writes them straight to the socket when it can). A connection has one job
+//! in flight at a time and hands over no more until it is settled, which
+//! gives two properties for free: replies keep their order per connection,
+//! and the queue is bounded (at most one job per connection, each no larger
+//! than one read). When the handler falls behind, connections stop reading
+//! and TCP pushes back on their clients; memory does not grow.
 //!
 //! Threads are few and long-lived, in the manner of granian's blocking pool.
 //! A thread enters the handler's context once for its whole life (for Python:
@@ -16,10 +17,10 @@
 //! empty and grows in two ways:
 //!
 //! * the first job starts the first thread;
-//! * a *watchdog* looks every [`STUCK_AFTER`] while jobs are coming in, and
+//! * a *watchdog* looks every [`WATCH_EVERY`] while jobs are coming in, and
 //!   adds a thread when jobs wait, no thread is idle, and every thread has
-//!   been inside one handler call for longer than that (a handler that
-//!   sleeps or waits on I/O). A handler that is merely busy computing gets no
+//!   been inside one handler call for longer than [`STUCK_AFTER`] (a handler
+//!   that sleeps or waits on I/O). A handler that is merely busy computing gets no
 //!   extra threads: with Python's interpreter lock they would only fight over
 //!   it.
 //!
@@ -29,26 +30,30 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use log::{error, warn};
-use tokio::sync::oneshot;
 
 use crate::error::Error;
 use crate::handler::{Detach, Handler};
+use crate::outbox::Outbox;
 use crate::protocol::{Codec, Protocol};
 
 /// A call that has run this long counts as stuck (waiting, not computing),
-/// and a job that waits behind only stuck calls gets a new thread.
-const STUCK_AFTER: Duration = Duration::from_millis(2);
+/// and a job that waits behind only stuck calls gets a new thread. Well
+/// above a scheduler time slice, so that a thread merely preempted on a busy
+/// machine does not look stuck and get a rival for the interpreter lock.
+const STUCK_AFTER: Duration = Duration::from_millis(10);
+/// How often the watchdog looks while jobs come in.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
 /// An idle thread retires after this long without work.
 const RETIRE_AFTER: Duration = Duration::from_secs(10);
 /// The watchdog parks after this many quiet looks in a row (about a second).
-const QUIET_LOOKS: u32 = 500;
+const QUIET_LOOKS: u32 = 200;
 /// How long closing waits for idle threads to leave.
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
 
@@ -62,19 +67,19 @@ struct Job {
     peer: Arc<str>,
     data: Bytes,
     messages: Vec<Range<usize>>,
-    answer: oneshot::Sender<Answer>,
+    outbox: Arc<Outbox>,
 }
 
 /// The replies to one job.
 #[derive(Debug)]
-pub(crate) struct Answer {
+struct Answer {
     /// The encoded replies, in order, to the first `answered` messages.
-    pub out: Vec<u8>,
+    out: Vec<u8>,
     /// How many messages `out` answers.
-    pub answered: u64,
+    answered: u64,
     /// Why the messages after those were not answered; the connection
     /// sends `out`, then closes.
-    pub error: Option<Error>,
+    error: Option<Error>,
 }
 
 /// What the pool looks like now, for `stats()`.
@@ -107,6 +112,8 @@ struct Inner {
     left: Condvar,
     /// Call start times are nanoseconds since this instant.
     epoch: Instant,
+    /// Jobs waiting, readable without the lock.
+    waiting: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -163,20 +170,20 @@ impl Dispatcher {
                 watch: Condvar::new(),
                 left: Condvar::new(),
                 epoch: Instant::now(),
+                waiting: AtomicUsize::new(0),
             }),
         }
     }
 
-    /// Queues `messages` (ranges of `data`) from `peer`; the answer arrives
-    /// on the returned receiver. If the pool cannot answer at all (no thread
-    /// could be started) the receiver says so by closing.
+    /// Queues `messages` (ranges of `data`) from `peer`; the replies go to
+    /// `outbox`, which the caller has marked as having a job in flight.
     pub fn submit(
         &self,
         peer: Arc<str>,
         data: Bytes,
         messages: Vec<Range<usize>>,
-    ) -> oneshot::Receiver<Answer> {
-        let (answer, receiver) = oneshot::channel();
+        outbox: Arc<Outbox>,
+    ) {
         let inner = &self.inner;
         let mut pool = inner.lock();
         pool.queued_messages += messages.len();
@@ -184,9 +191,10 @@ impl Dispatcher {
             peer,
             data,
             messages,
-            answer,
+            outbox,
         });
         pool.submitted += 1;
+        inner.waiting.store(pool.jobs.len(), Relaxed);
         if pool.idle > pool.waking {
             pool.waking += 1;
             inner.work.notify_one();
@@ -196,7 +204,6 @@ impl Dispatcher {
         if pool.watchdog == Watchdog::Parked {
             inner.watch.notify_one();
         }
-        receiver
     }
 
     /// Lets threads start again after [`Dispatcher::close`].
@@ -286,8 +293,12 @@ impl Inner {
                 warn!("Cannot start a handler thread: {e}");
                 if pool.threads.is_empty() {
                     // Nobody would ever answer: say so to everyone waiting.
-                    pool.jobs.clear();
                     pool.queued_messages = 0;
+                    self.waiting.store(0, Relaxed);
+                    for job in pool.jobs.drain(..) {
+                        let failed = Error::Handler(format!("no handler thread could start: {e}"));
+                        job.outbox.deliver(Vec::new(), 0, Some(failed), false);
+                    }
                 }
                 return;
             }
@@ -324,8 +335,13 @@ impl Inner {
                     },
                 };
                 let answer = self.answer(&job, worker);
-                // The connection may have gone meanwhile; then nobody asks.
-                let _ = job.answer.send(answer);
+                // With nothing else waiting, latency is what counts: write the
+                // replies from here and spare the connection a wake-up. With a
+                // backlog, this thread's time is what counts: the network
+                // threads write, several at once, while this one goes on.
+                let write = self.waiting.load(Relaxed) == 0;
+                job.outbox
+                    .deliver(answer.out, answer.answered, answer.error, write);
             }
         });
     }
@@ -335,6 +351,7 @@ impl Inner {
         let mut pool = self.lock();
         let job = pool.jobs.pop_front()?;
         pool.queued_messages -= job.messages.len();
+        self.waiting.store(pool.jobs.len(), Relaxed);
         Some(job)
     }
 
@@ -346,6 +363,7 @@ impl Inner {
             loop {
                 if let Some(next) = pool.jobs.pop_front() {
                     pool.queued_messages -= next.messages.len();
+                    self.waiting.store(pool.jobs.len(), Relaxed);
                     job = Some(next);
                     return;
                 }
@@ -447,7 +465,7 @@ impl Inner {
             }
             pool = self
                 .watch
-                .wait_timeout(pool, STUCK_AFTER)
+                .wait_timeout(pool, WATCH_EVERY)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
             quiet = if pool.submitted == seen { quiet + 1 } else { 0 };
@@ -521,7 +539,7 @@ mod tests {
         Ok(Dispatcher::new(handler, codec, b"> ".to_vec(), max_threads))
     }
 
-    fn job(d: &Dispatcher, messages: &[&[u8]]) -> oneshot::Receiver<Answer> {
+    fn job(d: &Dispatcher, messages: &[&[u8]]) -> Arc<Outbox> {
         let data: Vec<u8> = messages.concat();
         let mut at = 0;
         let ranges = messages
@@ -531,13 +549,24 @@ mod tests {
                 at - m.len()..at
             })
             .collect();
-        d.submit("peer".into(), Bytes::from(data), ranges)
+        // No socket: every answer is handed back, as under TLS.
+        let outbox = Arc::new(Outbox::new(None));
+        outbox.begin();
+        d.submit("peer".into(), Bytes::from(data), ranges, outbox.clone());
+        outbox
     }
 
-    fn wait(receiver: oneshot::Receiver<Answer>) -> crate::Result<Answer> {
-        receiver
-            .blocking_recv()
-            .map_err(|_| Error::Handler("the pool dropped a job".into()))
+    /// Waits for the job's answer, in the shape the pool produced it.
+    fn wait(outbox: Arc<Outbox>) -> crate::Result<Answer> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let delivered = runtime.block_on(outbox.settled());
+        Ok(Answer {
+            out: delivered.unwritten,
+            answered: delivered.answered,
+            error: delivered.error,
+        })
     }
 
     #[test]
@@ -597,11 +626,11 @@ mod tests {
     #[test]
     fn one_thread_serialises_calls() -> crate::Result<()> {
         let d = pool(Protocol::Raw, 1)?;
-        let mut slow = job(&d, &[b"slow"]);
+        let slow = job(&d, &[b"slow"]);
         let quick = wait(job(&d, &[b"quick"]))?;
         assert_eq!(quick.out, b"QUICK");
         // The only thread answered the slow job before it took the quick one.
-        assert!(slow.try_recv().is_ok());
+        assert_eq!(slow.take().unwritten, b"SLOW");
         assert_eq!(d.load().threads, 1);
         Ok(())
     }

@@ -17,6 +17,8 @@
 //! * [`handler`]: what a reply handler is, for code that decides the replies.
 //! * [`dispatch`](mod@dispatch): the pool of threads that runs a handler off
 //!   the network threads, in order per connection, with back-pressure.
+//! * `outbox`: where a connection's handler replies go, straight into its
+//!   socket when the handler thread can write them there.
 //! * [`client`]: the blocking client.
 //! * [`tls`]: rustls configurations from PEM files, development certificates.
 //! * [`bench`](mod@bench): the load generator.
@@ -32,6 +34,7 @@ mod connection;
 pub mod dispatch;
 pub mod error;
 pub mod handler;
+mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod stats;

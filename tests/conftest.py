@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -69,6 +70,29 @@ def recv_until_closed(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return bytes(data)
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10) -> bytes:
+    """Everything the server sends until it closes `sock` (EOF or reset).
+    Fails the test (socket timeout) if it is still open after `timeout`."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return bytes(data)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Polls `condition` until it holds; fails the test after `timeout`.
+    For state with no event to wait on (a server's counters)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.005)
 
 
 def frame(payload: bytes) -> bytes:

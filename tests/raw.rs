@@ -99,3 +99,22 @@ fn close_releases_the_port() {
     let err = std::net::TcpStream::connect(addr).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 }
+
+/// A silent connection is closed once the idle timeout passes, not before,
+/// and not much after; a talking one is not.
+#[test]
+fn idle_timeout_closes_after_its_time() {
+    let idle = std::time::Duration::from_millis(300);
+    let server = start(Config {
+        idle_timeout: Some(idle),
+        ..Config::default()
+    });
+    let mut silent = server.connect();
+    let opened = std::time::Instant::now();
+    assert!(read_until_closed(&mut silent).is_empty());
+    let waited = opened.elapsed();
+    assert!(waited >= idle, "closed after {waited:?}");
+    assert!(waited < idle * 2, "closed after {waited:?}");
+    server.0.shutdown();
+    assert_eq!(server.0.stats().errors, 0, "an idle close is not an error");
+}

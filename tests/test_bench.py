@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -66,6 +67,8 @@ def test_a_server_that_never_answers_is_an_error_not_a_hang() -> None:
         silent.listen()
         report = sockdemo.bench("127.0.0.1", silent.getsockname()[1], connections=2, duration=0.5)
     assert report["requests"] == 0
+    # Both connections' first request was still waiting when the run ended.
+    assert report["unanswered"] == 2
 
 
 def test_bench_refused_and_bad_arguments() -> None:
@@ -101,17 +104,27 @@ def test_bench_command_prints_progress_and_a_summary(run, serve) -> None:
 def test_bench_runs_while_other_threads_use_python(serve) -> None:
     """The generator releases the interpreter while it runs."""
     server = serve()
-    counted = 0
     stop = threading.Event()
+    counted = 0
+    longest_gap = 0.0
 
     def count() -> None:
-        nonlocal counted
+        nonlocal counted, longest_gap
+        last = time.monotonic()
         while not stop.is_set():
+            now = time.monotonic()
+            longest_gap = max(longest_gap, now - last)
+            last = now
             counted += 1
 
     worker = threading.Thread(target=count)
     worker.start()
+    before = counted
     sockdemo.bench("127.0.0.1", server.server_address[1], connections=2, duration=0.5)
+    during = counted - before
     stop.set()
     worker.join()
-    assert counted > 1000
+    # Held for the whole call, the interpreter would stop the counter for
+    # half a second; released, it keeps counting throughout.
+    assert during > 1000
+    assert longest_gap < 0.25, longest_gap

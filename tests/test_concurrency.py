@@ -24,9 +24,11 @@ from conftest import (
     connect,
     frame,
     read_frame,
+    read_until_closed,
     recv_exactly,
     recv_until_closed,
     reset,
+    wait_until,
 )
 
 # Letters and digits only: no "S", so the prefix can never appear inside a
@@ -50,17 +52,6 @@ async def read_raw_reply(reader: asyncio.StreamReader, message: bytes) -> bytes:
         data += chunk
     assert data.startswith(PREFIX), data[:40]
     return data.replace(PREFIX, b"")
-
-
-def closed_by_server(sock: socket.socket, timeout: float = 10) -> bool:
-    """True once the server has closed `sock` (EOF or reset)."""
-    sock.settimeout(timeout)
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        return True
-    return True
 
 
 def test_hundreds_of_concurrent_clients_random_sizes_zero_mismatches(serve) -> None:
@@ -155,13 +146,22 @@ def test_idle_timeout_closes_silent_connections_only(serve) -> None:
         active.sendall(b"ping")
         assert recv_exactly(active, len(PREFIX) + 4) == PREFIX + b"ping", i
         time.sleep(0.1)
-    assert closed_by_server(silent)
+    assert read_until_closed(silent) == b""
     active.sendall(b"still here")
     assert recv_exactly(active, len(PREFIX) + 10) == PREFIX + b"still here"
     silent.close()
     active.close()
     server.shutdown()
     assert server.stats()["errors"] == 0  # an idle close is policy, not a failure
+
+
+def test_idle_timeout_closes_after_its_time_and_not_before(serve) -> None:
+    server = serve(idle_timeout=0.4)
+    sock = connect(server)
+    opened = time.monotonic()
+    assert read_until_closed(sock, timeout=5) == b""
+    assert 0.4 <= time.monotonic() - opened < 0.8
+    sock.close()
 
 
 def test_a_message_trickled_too_slowly_is_cut_off(serve) -> None:
@@ -171,7 +171,7 @@ def test_a_message_trickled_too_slowly_is_cut_off(serve) -> None:
         slow.sendall(struct.pack("!I", 100) + b"only part")
         other.sendall(frame(b"meanwhile"))
         assert read_frame(other) == PREFIX + b"meanwhile"
-        assert closed_by_server(slow)
+        assert read_until_closed(slow) == b""
     server.shutdown()  # waits until every connection has been counted
     assert server.stats()["errors"] == 1
 
@@ -193,7 +193,7 @@ def test_a_client_that_never_reads_is_dropped_by_the_write_timeout(serve) -> Non
     with connect(server) as other:
         other.sendall(frame(b"others are fine"))
         assert read_frame(other) == PREFIX + b"others are fine"
-    assert closed_by_server(hog, timeout=10)
+    read_until_closed(hog)  # the replies it never read, then the close
     hog.close()
 
 
@@ -205,9 +205,13 @@ def test_faults_are_contained(serve) -> None:
     reset(sock)
     # Garbage: an absurd length, then random bytes.
     for garbage in (b"\xff\xff\xff\xff", bytes(random.Random(7).randrange(256) for _ in range(99))):
+        (declared,) = struct.unpack("!I", garbage[:4])
         with connect(server) as sock:
             sock.sendall(garbage)
-            closed_by_server(sock)
+            refusal = read_until_closed(sock)
+        assert refusal == frame(
+            f"Error: message of {declared} bytes exceeds the limit of 1048576 bytes".encode()
+        )
     # Half-close after a whole frame: the reply still comes.
     with connect(server) as sock:
         sock.sendall(frame(b"and done"))
@@ -226,13 +230,17 @@ def test_shutdown_drains_many_clients_idle_and_busy(serve) -> None:
     for sock in busy:
         assert recv_exactly(sock, len(PREFIX) + 9) == PREFIX + b"in flight"
         sock.sendall(b"in flight")
+    # Every second message has been read: each is owed a reply the drain sends.
+    wait_until(lambda: server.stats()["bytes_in"] == 2 * 9 * len(busy))
     done = threading.Thread(target=server.shutdown)
     done.start()
     done.join(10)
     assert not done.is_alive()
-    for sock in busy + idle:
-        data = recv_until_closed(sock)
-        assert data in (b"", PREFIX + b"in flight")  # answered or closed, never cut
+    for sock in busy:
+        assert read_until_closed(sock) == PREFIX + b"in flight"  # drained, not dropped
+        sock.close()
+    for sock in idle:
+        assert read_until_closed(sock) == b""
         sock.close()
     assert server.stats()["connections_active"] == 0
     server.server_close()

@@ -349,3 +349,16 @@ def test_interpreter_exit_does_not_wait_for_a_stuck_handler(run) -> None:
 def test_handler_threads_must_be_positive() -> None:
     with pytest.raises(ValueError, match="handler_threads"):
         sockdemo.Server(port=0, handler=str.upper, handler_threads=0)
+
+
+def test_a_handler_behind_tls_answers_in_order(serve, tmp_path) -> None:
+    """Under TLS the replies go back through the connection's TLS state."""
+    cert, key = sockdemo.generate_self_signed(tmp_path)
+    server = serve(handler=str.upper, certfile=cert, keyfile=key, protocol="framed")
+    port = server.server_address[1]
+    with sockdemo.Client("127.0.0.1", port, "framed", timeout=5, cafile=cert) as client:
+        for i in range(50):
+            client.send(f"message {i}")
+        for i in range(50):
+            assert client.receive() == f"MESSAGE {i}".encode()
+        assert client.request("bye") == sockdemo.BYE_REPLY

@@ -7,12 +7,22 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 import sockdemo
-from conftest import BYE, PREFIX, frame, read_frame, recv_exactly, recv_until_closed
+from conftest import (
+    BYE,
+    PREFIX,
+    frame,
+    read_frame,
+    read_until_closed,
+    recv_exactly,
+    recv_until_closed,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -121,17 +131,28 @@ def test_plaintext_client_on_a_tls_port_does_not_disturb_the_server(serve, cert)
     assert server.stats()["errors"] == 1
 
 
-def test_closing_without_close_notify_is_a_clean_close(serve, cert, caplog) -> None:
+def test_closing_without_close_notify_is_a_clean_close(serve, cert) -> None:
     server = serve(certfile=cert[0], keyfile=cert[1])
     context = ssl.create_default_context(cafile=str(cert[0]))
     raw = socket.create_connection(server.server_address, timeout=10)
     sock = context.wrap_socket(raw, server_hostname="localhost")
     sock.sendall(b"leaving abruptly")
     recv_exactly(sock, len(PREFIX) + 16)
-    sock.detach()  # the TLS layer never sends close_notify
-    raw.close()
-    server.shutdown()
+    # Close the descriptor under the TLS layer: a FIN with no close_notify.
+    os.close(sock.detach())
+    wait_until(lambda: server.stats()["connections_active"] == 0)
     assert server.stats()["errors"] == 0
+
+
+def test_a_stalled_handshake_is_cut_off_by_the_message_timeout(serve, cert) -> None:
+    server = serve(certfile=cert[0], keyfile=cert[1], message_timeout=0.4)
+    with socket.create_connection(server.server_address, timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01\x00\xff")  # a ClientHello header, then nothing
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""
+        assert 0.4 <= time.monotonic() - started < 3
+    wait_until(lambda: server.stats()["connections_active"] == 0)
+    assert server.stats()["errors"] == 1
 
 
 def test_bad_certificate_files_are_clear_errors(tmp_path, cert) -> None:

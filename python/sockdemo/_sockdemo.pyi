@@ -214,7 +214,8 @@ def bench(
     is called each second with ``(elapsed_seconds, requests, errors)``.
 
     Returns ``connections``, ``size``, ``protocol``, ``requests``, ``errors``
-    (failed connects, I/O errors, timeouts, wrong replies), ``elapsed``,
+    (failed connects, I/O errors, timeouts, wrong replies), ``unanswered``
+    (requests still in flight when the run ended), ``elapsed``,
     ``requests_per_second``, ``mib_per_second`` and ``latency_ms`` (``mean``,
     ``p50``, ``p90``, ``p99``, ``p99.9``, ``max``). Raises
     ``ConnectionRefusedError`` if no connection could be opened, ``ValueError``

@@ -469,7 +469,12 @@ def _summary(report: dict[str, Any], args: argparse.Namespace) -> str:
             f"to {args.host}:{args.port} for {report['elapsed']:.1f} s",
             f"requests  {report['requests']:,} ({report['requests_per_second']:,.0f} req/s, "
             f"{report['mib_per_second']:,.1f} MiB/s)",
-            f"errors    {report['errors']:,}",
+            f"errors    {report['errors']:,}"
+            + (
+                f"  ({report['unanswered']:,} requests unanswered at the end)"
+                if report["unanswered"]
+                else ""
+            ),
             f"latency   {percentiles}",
         ]
     )
@@ -503,7 +508,8 @@ def run_bench(args: argparse.Namespace) -> int:
         _say("Interrupted by user.")
         return 130
     _say(json.dumps(report, indent=2) if args.json else _summary(report, args))
-    return 1 if report["errors"] else 0
+    # A run in which nothing was answered failed, even with no error counted.
+    return 1 if report["errors"] or not report["requests"] else 0
 
 
 # -- certificates --------------------------------------------------------------

@@ -71,6 +71,7 @@ pub(super) fn run_bench<'py>(
     dict.set_item("protocol", options.protocol.name())?;
     dict.set_item("requests", report.requests)?;
     dict.set_item("errors", report.errors)?;
+    dict.set_item("unanswered", report.unanswered)?;
     dict.set_item("elapsed", report.elapsed.as_secs_f64())?;
     dict.set_item("requests_per_second", report.requests_per_second())?;
     dict.set_item("mib_per_second", report.mib_per_second())?;

@@ -55,6 +55,18 @@ pub fn read_to_close(sock: &mut TcpStream) -> Vec<u8> {
     buf
 }
 
+/// Everything the server sends until it closes: EOF, or a reset (the close
+/// of a socket with unread bytes). A peer still open after the read timeout
+/// fails the test.
+pub fn read_until_closed(sock: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    match sock.read_to_end(&mut buf) {
+        Ok(_) => buf,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => buf,
+        Err(e) => panic!("the server did not close the connection: {e}"),
+    }
+}
+
 pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = (payload.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(payload);
