@@ -22,7 +22,7 @@ use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use log::{Level, info, warn};
+use log::{Level, debug, info, warn};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -92,6 +92,9 @@ pub(crate) async fn run(
         }
     };
     tracker.close();
+    if !tracker.is_empty() {
+        debug!("Draining {} connections.", tracker.len());
+    }
     tracker.wait().await;
     // Every connection is done: idle handler threads may go.
     if let Some(dispatcher) = &shared.dispatcher {

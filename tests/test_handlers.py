@@ -20,7 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import sockdemo
-from conftest import PREFIX, Script, connect, frame, read_frame, recv_exactly
+from conftest import (
+    PREFIX,
+    Script,
+    connect,
+    frame,
+    read_frame,
+    read_until_closed,
+    recv_exactly,
+    wait_until,
+)
 
 
 class Gate:
@@ -174,6 +183,26 @@ def test_shutdown_waits_for_a_stuck_handler_at_most_the_timeout(serve, gate, cap
     assert "still running" in caplog.text
     assert sock.recv(100) == b""  # closed without a reply
     sock.close()
+
+
+def test_shutdown_sends_the_replies_of_handlers_still_running(serve, gate, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="sockdemo")
+    server = serve(handler=gate, handler_threads=8, shutdown_timeout=10)
+    socks = [connect(server) for _ in range(5)]
+    for i, sock in enumerate(socks):
+        sock.sendall(f"hold {i}".encode())
+    gate.wait_entered(5)
+    done = threading.Thread(target=server.shutdown)
+    done.start()
+    # Once shutdown is waiting for the five handlers, let them finish.
+    wait_until(lambda: "Draining 5 connections" in caplog.text)
+    assert done.is_alive()
+    gate.opened.set()
+    for i, sock in enumerate(socks):
+        assert read_until_closed(sock) == PREFIX + f"hold {i}".encode()
+        sock.close()
+    done.join(10)
+    assert not done.is_alive()
 
 
 def test_a_handler_that_shuts_the_server_down_gets_its_reply_out(serve) -> None:
