@@ -17,13 +17,17 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(TOOLS): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet --group dev
-	touch $@
+	@echo "Installing the build and test tools into $(VENV)..."
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=25.1"
+	@$(PY) -m pip install --quiet --disable-pip-version-check --group test
+	@touch $@
 
 ## build: compile the Rust core (release) into .venv
+## (its output goes to .venv/build.log, shown only if it fails)
 build: $(TOOLS)
-	$(VENV)/bin/maturin develop --release --quiet
+	@echo "Building the Rust core (release; the first build takes a minute or two)..."
+	@$(VENV)/bin/maturin develop --release --quiet > $(VENV)/build.log 2>&1 \
+		|| { cat $(VENV)/build.log; exit 1; }
 
 ## run: start the v2 server on 127.0.0.1:65432 (Ctrl+C stops it)
 run: build

@@ -111,7 +111,10 @@ impl Client {
         let connect_limit = config.timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let mut last = None;
         let mut connected = None;
-        for addr in (host, port).to_socket_addrs()? {
+        let addrs = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| Error::resolve(host, e))?;
+        for addr in addrs {
             match TcpStream::connect_timeout(&addr, connect_limit) {
                 Ok(sock) => {
                     connected = Some((sock, addr));

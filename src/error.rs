@@ -21,6 +21,10 @@ pub enum Error {
     #[error("{0}")]
     Io(#[from] io::Error),
 
+    /// A host name could not be resolved to an address.
+    #[error("cannot resolve host {host:?}: {source}")]
+    Resolve { host: String, source: io::Error },
+
     /// A file the caller named could not be read or written.
     #[error("{path}: {source}")]
     File { path: PathBuf, source: io::Error },
@@ -87,6 +91,14 @@ impl Error {
             return Error::Protocol("tls failure".into());
         }
         Error::Io(e)
+    }
+
+    /// Wraps a name-resolution failure so that the message names the host.
+    pub fn resolve(host: &str, source: io::Error) -> Self {
+        Error::Resolve {
+            host: host.to_owned(),
+            source,
+        }
     }
 
     /// Wraps an I/O error on `path` so that the message names the file.

@@ -189,7 +189,10 @@ impl Backoff {
 ///
 /// Name resolution and bind failures (`EADDRINUSE`, `EACCES`…).
 pub fn bind(host: &str, port: u16, backlog: i32) -> Result<StdListener> {
-    let mut addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    let mut addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| Error::resolve(host, e))?
+        .collect();
     // IPv4 first, as Python's socket.bind does with a name like "localhost":
     // clients that default to 127.0.0.1 must find the server.
     addrs.sort_by_key(SocketAddr::is_ipv6);

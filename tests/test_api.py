@@ -236,3 +236,11 @@ def test_ipv6_loopback(serve) -> None:
     assert len(server.server_address) == 4
     with sockdemo.Client("::1", server.server_address[1], timeout=5) as client:
         assert client.request("over v6") == "Server received: over v6"
+
+
+def test_an_unknown_host_is_a_gaierror_naming_it() -> None:
+    with pytest.raises(socket.gaierror, match=r"no-such-host\.invalid") as info:
+        sockdemo.Client("no-such-host.invalid", 1, timeout=5)
+    assert info.value.errno == socket.EAI_NONAME
+    with pytest.raises(socket.gaierror, match=r"no-such-host\.invalid"):
+        sockdemo.Server("no-such-host.invalid", 0)

@@ -105,6 +105,25 @@ def test_ctrl_d_is_a_normal_ending(run) -> None:
     assert lines[-2:] == ["Input stream closed.", "Closing connection."]
 
 
+def test_a_server_that_goes_away_ends_the_session_normally(run) -> None:
+    """The original printed "Server closed the connection." and exited 0."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = run("client.v2.py", "--port", str(port), stdin=subprocess.PIPE)
+        conn, _ = listener.accept()
+        with conn:
+            client.send("hello\n")
+            assert conn.recv(100) == b"hello"
+        # Closed without a reply.
+        code, lines = client.finish()
+    assert code == 0
+    # (the prompt, with no input echoed, shares the line)
+    assert lines[-2:] == ["> Server closed the connection.", "Closing connection."]
+    assert_no_traceback(lines)
+
+
 def test_ctrl_c_in_the_client_is_a_normal_ending(run) -> None:
     server = run("server.v2.py", "--port", "0")
     port = server.port()

@@ -35,7 +35,7 @@ from ._sockdemo import (
     bench,
     generate_self_signed,
 )
-from .errors import MessageTooLarge, ProtocolError, TLSError
+from .errors import MessageTooLarge, ProtocolError, ServerClosedError, TLSError
 
 __all__ = [
     "BYE_REPLY",
@@ -48,6 +48,7 @@ __all__ = [
     "MessageTooLarge",
     "ProtocolError",
     "Server",
+    "ServerClosedError",
     "TLSError",
     "__version__",
     "bench",

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, Callable, NoReturn
@@ -33,7 +34,7 @@ from ._sockdemo import (
     Client,
     Server,
 )
-from .errors import TLSError
+from .errors import ServerClosedError, TLSError
 
 #: What ``client.py`` sends when given no message.
 HELLO = "Hello from the client!"
@@ -83,6 +84,9 @@ def _seconds(value: str) -> float:
 
 def _describe(exc: OSError, host: str, port: int) -> str:
     """One sentence for a network failure, in the original's words where it had them."""
+    if isinstance(exc, socket.gaierror):
+        text = str(exc.strerror or exc)
+        return text[:1].upper() + text[1:] + "."
     if isinstance(exc, ConnectionRefusedError):
         return f"Connection refused. Is the server running on {host}:{port}?"
     if isinstance(exc, TimeoutError):
@@ -142,37 +146,44 @@ def _configure_logging(level: str) -> None:
 # -- arguments -----------------------------------------------------------------
 
 
-def _add_address(parser: argparse.ArgumentParser) -> None:
+def _add_address(parser: argparse.ArgumentParser, server: bool = False) -> None:
     parser.add_argument(
-        "--host", default=DEFAULT_HOST, help=f"address to use (default {DEFAULT_HOST})"
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to {'listen on' if server else 'connect to'} (default {DEFAULT_HOST})",
     )
     parser.add_argument(
         "--port",
         type=_port,
         default=DEFAULT_PORT,
-        help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free port, shown on the first line)",
+        help=f"TCP port (default {DEFAULT_PORT}"
+        + ("; 0 picks a free port, shown on the first line)" if server else ")"),
     )
 
 
-def _add_protocol(parser: argparse.ArgumentParser) -> None:
+def _add_protocol(parser: argparse.ArgumentParser, server: bool = False) -> None:
     parser.add_argument(
         "--protocol",
         choices=("raw", "framed"),
         default="raw",
-        help="raw: one read of up to --buffer-size bytes is one message (the original); "
-        "framed: 4-byte big-endian length + payload (default raw)",
+        help=(
+            "raw: one read of up to --buffer-size bytes is one message (the original); "
+            if server
+            else "raw: one read is one message, 1024 bytes at most (the original); "
+        )
+        + "framed: 4-byte big-endian length + payload, any size (default raw)",
     )
 
 
 def _add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> None:
-    _add_address(parser)
+    _add_address(parser, server=True)
     parser.add_argument(
         "--max-clients",
         type=_positive,
         default=max_clients,
         help=f"clients served at once; later ones wait their turn (default {max_clients})",
     )
-    _add_protocol(parser)
+    _add_protocol(parser, server=True)
     parser.add_argument(
         "--prefix",
         default=DEFAULT_PREFIX,
@@ -438,6 +449,11 @@ def _converse(client: Client) -> int:
         except KeyboardInterrupt:
             _say("\nInterrupted by user.")
             return 0
+        except ServerClosedError:
+            # The server going away (an idle timeout, a restart) ends an
+            # interactive session normally, as in the original.
+            _say("Server closed the connection.")
+            return 0
         except ValueError as exc:  # too large: say so, keep the session
             _say(f"Error: {exc}")
             continue
@@ -599,30 +615,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Opens CONNECTIONS connections; each sends a SIZE-byte message, waits "
         "for the reply, checks it byte for byte, and repeats for DURATION seconds. Prints "
         "progress each second, then requests/s, MiB/s, latency percentiles and errors. "
-        "Exits 1 if any reply was wrong or missing.",
+        "Exits 1 if any reply was wrong or missing, or none came.",
     )
     _add_address(bench)
     _add_protocol(bench)
     bench.add_argument(
-        "--connections", type=_positive, default=10, metavar="N", help="(default 10)"
+        "--connections",
+        type=_positive,
+        default=10,
+        metavar="N",
+        help="connections open at once, each with one request in flight (default 10)",
     )
     bench.add_argument(
         "--size",
         type=_positive,
         default=DEFAULT_BUFFER_SIZE,
         metavar="BYTES",
-        help=f"message size, at most {DEFAULT_BUFFER_SIZE} for raw (default {DEFAULT_BUFFER_SIZE})",
+        help="message size; in raw mode a message larger than the server's read size is a "
+        f"burst it answers in pieces (default {DEFAULT_BUFFER_SIZE})",
     )
     bench.add_argument(
-        "--duration", type=_seconds, default=10.0, metavar="SECONDS", help="(default 10)"
+        "--duration",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to keep the load on (default 10)",
     )
     bench.add_argument(
         "--prefix",
         default=DEFAULT_PREFIX,
         help=f"the reply prefix the server uses (default {DEFAULT_PREFIX!r})",
     )
-    bench.add_argument("--cafile", metavar="PEM", help="use TLS, trusting this certificate")
-    bench.add_argument("--server-hostname", metavar="NAME", help="name to verify (default: --host)")
+    bench.add_argument(
+        "--cafile", metavar="PEM", help="use TLS, trusting the certificates in this file"
+    )
+    bench.add_argument(
+        "--server-hostname",
+        metavar="NAME",
+        help="name the server's certificate must carry (default: --host; needs --cafile)",
+    )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(main=run_bench)
     cert = commands.add_parser(

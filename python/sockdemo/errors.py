@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 
-__all__ = ["MessageTooLarge", "ProtocolError", "TLSError"]
+__all__ = ["MessageTooLarge", "ProtocolError", "ServerClosedError", "TLSError"]
 
 
 class MessageTooLarge(ValueError):
@@ -25,6 +25,14 @@ class ProtocolError(ConnectionError):
     """The peer broke the wire protocol, e.g. closed in the middle of a frame.
 
     ``errno`` is ``errno.EPROTO``.
+    """
+
+
+class ServerClosedError(ConnectionResetError):
+    """The server closed the connection (an orderly close, not a reset)
+    before a reply came, as after ``bye`` or an idle timeout.
+
+    ``errno`` is ``errno.ECONNRESET``, as for any connection the peer ended.
     """
 
 

@@ -17,7 +17,17 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs the load generator against a server; returns the report as a dict.
+/// Runs the load generator against a server and returns its report.
+///
+/// Opens `connections` connections; each sends a `size`-byte message, waits
+/// for the reply, checks it byte for byte, and repeats for `duration`
+/// seconds (a raw message larger than the server's read size is a burst the
+/// server answers in pieces). `progress(elapsed, requests, errors)` is called
+/// each second. The interpreter is released while it runs; Ctrl+C stops it.
+///
+/// Returns a dict: `connections`, `size`, `protocol`, `requests`, `errors`,
+/// `unanswered`, `elapsed`, `requests_per_second`, `mib_per_second` and
+/// `latency_ms` (`mean`, `p50`, `p90`, `p99`, `p99.9`, `max`).
 #[pyfunction]
 #[pyo3(signature = (
     host = protocol::DEFAULT_HOST.to_owned(), port = protocol::DEFAULT_PORT, *, connections = 10,
@@ -25,6 +35,10 @@ fn millis(d: Duration) -> f64 {
     prefix = protocol::DEFAULT_PREFIX.to_owned(), cafile = None, server_hostname = None,
     threads = None, progress = None
 ))]
+// Spelled out so that help() shows the defaults (a test checks them).
+#[pyo3(
+    text_signature = "(host='127.0.0.1', port=65432, *, connections=10, size=1024, duration=10.0, protocol='raw', prefix='Server received: ', cafile=None, server_hostname=None, threads=None, progress=None)"
+)]
 #[pyo3(name = "bench")]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_bench<'py>(
@@ -92,6 +106,9 @@ pub(super) fn run_bench<'py>(
 }
 
 /// Writes `dir/cert.pem` and `dir/key.pem`; returns their paths.
+/// Writes a self-signed development certificate for `localhost` and
+/// `127.0.0.1` to `dir/cert.pem` and `dir/key.pem` (mode 0600), creating
+/// `dir` if needed; returns the two paths.
 #[pyfunction]
 pub(super) fn generate_self_signed(py: Python<'_>, dir: PathBuf) -> PyResult<(PathBuf, PathBuf)> {
     tls::generate_self_signed(&dir).map_err(|e| to_py(py, e, None))

@@ -33,6 +33,10 @@ impl Client {
         timeout = None, *, cafile = None, server_hostname = None,
         buffer_size = protocol::DEFAULT_BUFFER_SIZE, max_message_size = protocol::DEFAULT_MAX_MESSAGE_SIZE
     ))]
+    // Spelled out so that help() shows the defaults (a test checks them).
+    #[pyo3(
+        text_signature = "(host='127.0.0.1', port=65432, protocol='raw', timeout=None, *, cafile=None, server_hostname=None, buffer_size=1024, max_message_size=1048576)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,

@@ -9,8 +9,7 @@
 use std::path::PathBuf;
 
 use pyo3::exceptions::{
-    PyConnectionResetError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyTimeoutError,
-    PyValueError,
+    PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyTimeoutError, PyValueError,
 };
 use pyo3::prelude::*;
 
@@ -19,6 +18,7 @@ use crate::error::Error;
 
 pyo3::import_exception!(sockdemo.errors, MessageTooLarge);
 pyo3::import_exception!(sockdemo.errors, ProtocolError);
+pyo3::import_exception!(sockdemo.errors, ServerClosedError);
 pyo3::import_exception!(sockdemo.errors, TLSError);
 
 /// Looks up an errno constant by name in Python's `errno` module, which knows
@@ -68,12 +68,25 @@ pub(super) fn to_py(py: Python<'_>, err: Error, interrupted: Option<PyErr>) -> P
     match err {
         Error::Io(e) => os_error(py, &e, None),
         Error::File { path, source } => os_error(py, &source, Some(&path)),
+        // What socket.getaddrinfo raises, naming the host.
+        Error::Resolve { .. } => {
+            let gaierror = py.import("socket").and_then(|socket| {
+                Ok((socket.getattr("gaierror")?, socket.getattr("EAI_NONAME")?))
+            });
+            match gaierror {
+                Ok((class, code)) => match class.call1((code, err.to_string())) {
+                    Ok(instance) => PyErr::from_value(instance),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            }
+        }
         Error::Timeout(_) => match errno(py, "ETIMEDOUT") {
             Ok(code) => PyTimeoutError::new_err((code, "timed out")),
             Err(e) => e,
         },
         Error::Closed => match errno(py, "ECONNRESET") {
-            Ok(code) => PyConnectionResetError::new_err((code, err.to_string())),
+            Ok(code) => ServerClosedError::new_err((code, err.to_string())),
             Err(e) => e,
         },
         Error::MessageTooLarge { .. } => MessageTooLarge::new_err(err.to_string()),

@@ -52,6 +52,11 @@ impl Server {
         max_message_size = protocol::DEFAULT_MAX_MESSAGE_SIZE, message_timeout = Some(30.0),
         write_timeout = Some(30.0), handler_threads = None, shutdown_timeout = 5.0
     ))]
+    // Spelled out so that help() shows the defaults (the constants' values;
+    // a test checks they agree) instead of "...".
+    #[pyo3(
+        text_signature = "(host='127.0.0.1', port=0, max_clients=100, protocol='raw', reply_prefix='Server received: ', idle_timeout=None, certfile=None, keyfile=None, handler=None, *, buffer_size=1024, max_message_size=1048576, message_timeout=30.0, write_timeout=30.0, handler_threads=None, shutdown_timeout=5.0)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
