@@ -66,7 +66,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 pub(crate) struct Shared {
     pub config: Config,
     pub codec: Codec,
-    pub stats: Stats,
+    /// Shared with the handler pool's outboxes, which count what they deliver.
+    pub stats: Arc<Stats>,
     /// Runs the handler, when the server has one.
     pub dispatcher: Option<Dispatcher>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -532,7 +533,7 @@ impl Connection<'_> {
                     Transport::Plain(stream) => stream.as_fd().try_clone_to_owned().ok(),
                     Transport::Tls(_) => None,
                 };
-                Arc::new(Outbox::new(socket))
+                Arc::new(Outbox::new(socket, self.shared.stats.clone()))
             })
             .clone()
     }
@@ -568,23 +569,18 @@ impl Connection<'_> {
     /// reports the failure that stopped a job, where the protocol has a way
     /// to say it.
     async fn absorb(&mut self, delivered: Delivered) -> Result<()> {
-        let Delivered {
-            answered,
-            written,
-            mut unwritten,
-            error,
-        } = delivered;
-        self.shared.stats.answered(answered, written);
+        // The outbox has counted these replies already.
+        let Delivered { unwritten, error } = delivered;
+        let written = self.write(&unwritten).await;
         match error {
-            None => self.flush(&mut unwritten, 0).await,
+            None => written,
             Some(error @ Error::MessageTooLarge { .. }) => {
-                self.refuse(&error, unwritten, 0).await;
+                if written.is_ok() {
+                    self.refuse(&error, Vec::new(), 0).await;
+                }
                 Err(error)
             }
-            Some(error) => {
-                let _ = self.flush(&mut unwritten, 0).await;
-                Err(error)
-            }
+            Some(error) => Err(error),
         }
     }
 
@@ -605,14 +601,26 @@ impl Connection<'_> {
         if out.is_empty() {
             return Ok(());
         }
+        // Counted before the peer can see the replies, so whoever sees a
+        // reply also sees the counters that include it.
+        self.shared.stats.answered(messages, out.len());
+        self.write(out).await?;
+        // Replies are rare enough to allocate each time; holding the largest
+        // one ever sent for the rest of the session would not be.
+        *out = Vec::new();
+        Ok(())
+    }
+
+    /// Writes `out` whole: at once if the socket takes it, else bounded by
+    /// the write timeout.
+    async fn write(&mut self, out: &[u8]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
         let written = self.transport.write_now(out)?;
         if written < out.len() {
             self.write_rest(&out[written..]).await?;
         }
-        self.shared.stats.answered(messages, out.len());
-        // Replies are rare enough to allocate each time; holding the largest
-        // one ever sent for the rest of the session would not be.
-        *out = Vec::new();
         Ok(())
     }
 

@@ -539,7 +539,13 @@ mod tests {
         Ok(Dispatcher::new(handler, codec, b"> ".to_vec(), max_threads))
     }
 
-    fn job(d: &Dispatcher, messages: &[&[u8]]) -> Arc<Outbox> {
+    /// A job in flight, with the counters its outbox reports to.
+    struct Pending {
+        outbox: Arc<Outbox>,
+        stats: Arc<crate::stats::Stats>,
+    }
+
+    fn job(d: &Dispatcher, messages: &[&[u8]]) -> Pending {
         let data: Vec<u8> = messages.concat();
         let mut at = 0;
         let ranges = messages
@@ -550,21 +556,22 @@ mod tests {
             })
             .collect();
         // No socket: every answer is handed back, as under TLS.
-        let outbox = Arc::new(Outbox::new(None));
+        let stats = Arc::new(crate::stats::Stats::default());
+        let outbox = Arc::new(Outbox::new(None, stats.clone()));
         outbox.begin();
         d.submit("peer".into(), Bytes::from(data), ranges, outbox.clone());
-        outbox
+        Pending { outbox, stats }
     }
 
     /// Waits for the job's answer, in the shape the pool produced it.
-    fn wait(outbox: Arc<Outbox>) -> crate::Result<Answer> {
+    fn wait(pending: Pending) -> crate::Result<Answer> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let delivered = runtime.block_on(outbox.settled());
+        let delivered = runtime.block_on(pending.outbox.settled());
         Ok(Answer {
+            answered: pending.stats.snapshot().messages,
             out: delivered.unwritten,
-            answered: delivered.answered,
             error: delivered.error,
         })
     }
@@ -630,7 +637,7 @@ mod tests {
         let quick = wait(job(&d, &[b"quick"]))?;
         assert_eq!(quick.out, b"QUICK");
         // The only thread answered the slow job before it took the quick one.
-        assert_eq!(slow.take().unwritten, b"SLOW");
+        assert_eq!(slow.outbox.take().unwritten, b"SLOW");
         assert_eq!(d.load().threads, 1);
         Ok(())
     }

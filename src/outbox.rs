@@ -16,18 +16,22 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use socket2::Socket;
 use tokio::sync::Notify;
 
 use crate::error::Error;
+use crate::stats::Stats;
 
 /// One connection's outbox, shared by the connection and the handler pool.
 pub(crate) struct Outbox {
     /// The connection's socket (plain TCP only), for the pool to write to.
     socket: Option<Socket>,
+    /// The server's counters: replies are counted as they are delivered,
+    /// before the client can see them.
+    stats: Arc<Stats>,
     state: Mutex<State>,
     /// Told whenever a job is settled.
     settled: Notify,
@@ -44,9 +48,6 @@ struct State {
     unwritten: Vec<u8>,
     /// Why the last job stopped early; the connection reports it and closes.
     error: Option<Error>,
-    /// Messages answered and bytes written since the connection last looked.
-    answered: u64,
-    written: usize,
     /// When the last job was settled.
     finished: Option<Instant>,
 }
@@ -57,13 +58,9 @@ impl State {
     }
 }
 
-/// What happened to the connection's jobs since it last looked.
+/// What the pool left for the connection since it last looked.
 #[derive(Debug, Default)]
 pub(crate) struct Delivered {
-    /// Messages answered.
-    pub answered: u64,
-    /// Bytes the pool wrote to the socket.
-    pub written: usize,
     /// Replies left for the connection to write, in order.
     pub unwritten: Vec<u8>,
     /// The failure that ended the last job, after `unwritten`.
@@ -73,9 +70,10 @@ pub(crate) struct Delivered {
 impl Outbox {
     /// An outbox writing to `socket` (a duplicate of the connection's
     /// descriptor), or handing everything back when there is none.
-    pub fn new(socket: Option<OwnedFd>) -> Self {
+    pub fn new(socket: Option<OwnedFd>, stats: Arc<Stats>) -> Self {
         Outbox {
             socket: socket.map(Socket::from),
+            stats,
             state: Mutex::default(),
             settled: Notify::new(),
             needed: Notify::new(),
@@ -97,6 +95,7 @@ impl Outbox {
     /// for the connection, and wakes the connection only if it has something
     /// to do.
     pub fn deliver(&self, out: Vec<u8>, answered: u64, error: Option<Error>, write: bool) {
+        self.stats.answered(answered, out.len());
         let mut state = self.lock();
         let mut written = 0;
         if let Some(socket) = &self.socket
@@ -118,9 +117,7 @@ impl Outbox {
                 }
             }
         }
-        state.written += written;
         state.unwritten.extend_from_slice(&out[written..]);
-        state.answered += answered;
         if let Some(error) = error {
             state.error.get_or_insert(error);
         }
@@ -138,8 +135,6 @@ impl Outbox {
     pub fn take(&self) -> Delivered {
         let mut state = self.lock();
         Delivered {
-            answered: std::mem::take(&mut state.answered),
-            written: std::mem::take(&mut state.written),
             unwritten: std::mem::take(&mut state.unwritten),
             error: state.error.take(),
         }

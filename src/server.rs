@@ -36,7 +36,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 pub use crate::handler::Handler;
 use crate::protocol::Codec;
-use crate::stats::{Snapshot, Stats};
+use crate::stats::Snapshot;
 
 /// Serves clients from `listener` until `shutdown` is cancelled (or, in
 /// [`Mode::Once`], one client has been served), then waits for every
@@ -277,7 +277,7 @@ impl Server {
         });
         let shared = Shared {
             codec,
-            stats: Stats::default(),
+            stats: Arc::default(),
             dispatcher,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             message_level: if config.max_clients == 1 {

@@ -118,8 +118,13 @@ class Script:
     deadline instead of sleeping or blocking forever.
     """
 
-    def __init__(self, *argv: str, stdin: int | None = subprocess.DEVNULL) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def __init__(
+        self,
+        *argv: str,
+        stdin: int | None = subprocess.DEVNULL,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, *argv],
             stdin=stdin,
@@ -128,8 +133,8 @@ class Script:
             text=True,
             encoding="utf-8",
             errors="replace",
-            cwd=ROOT,
-            env=env,
+            cwd=cwd,
+            env=env or dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
