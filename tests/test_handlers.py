@@ -391,3 +391,17 @@ def test_a_handler_behind_tls_answers_in_order(serve, tmp_path) -> None:
         for i in range(50):
             assert client.receive() == f"MESSAGE {i}".encode()
         assert client.request("bye") == sockdemo.BYE_REPLY
+
+
+def test_invalid_utf8_reaches_a_handler_as_surrogates_and_goes_back_exactly(serve) -> None:
+    seen: list[str] = []
+
+    def keep(message: str) -> str:
+        seen.append(message)
+        return message  # returned unchanged
+
+    server = serve(handler=keep)
+    with connect(server) as sock:
+        sock.sendall(b"caf\xe9 \xff")
+        assert recv_exactly(sock, 6) == b"caf\xe9 \xff"
+    assert seen == ["caf\udce9 \udcff"]

@@ -173,9 +173,14 @@ class Client:
     @overload
     def request(self, message: bytes) -> bytes: ...
     def send(self, message: str | bytes) -> None:
-        """Sends one message without waiting (for pipelining)."""
+        """Sends one message without waiting for its reply (pipelining).
+
+        Pipeline with the ``framed`` protocol: raw replies carry no
+        boundaries, so after two raw sends one :meth:`receive` may return
+        both replies run together.
+        """
     def receive(self) -> bytes:
-        """Reads the next reply."""
+        """Reads the next reply (framed: one whole reply; raw: one read)."""
     def close(self) -> None:
         """Closes the connection. Idempotent."""
     def __enter__(self) -> Client: ...

@@ -85,8 +85,9 @@ impl Client {
         message.reply(py, &reply)
     }
 
-    /// Sends one message without waiting for its reply (pipelining: use the
-    /// framed protocol, where replies keep their boundaries).
+    /// Sends one message without waiting for its reply (pipelining). Use the
+    /// framed protocol for that: raw replies carry no boundaries, so after two
+    /// raw sends one `receive()` may return both replies run together.
     fn send(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
         let message = Message::extract(message)?;
         self.with_client(py, |client, interrupt| {
@@ -94,7 +95,8 @@ impl Client {
         })
     }
 
-    /// Receives one reply as `bytes`.
+    /// Receives the next reply as `bytes` (framed: one whole reply; raw: one
+    /// read).
     fn receive<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let reply = self.with_client(py, |client, interrupt| client.receive(interrupt))?;
         Ok(PyBytes::new(py, &reply))
