@@ -1,24 +1,10 @@
 #!/usr/bin/env python3
-"""The original v2 server: serves clients (one at a time by default) until Ctrl+C.
+"""The original v2 server: serves clients one at a time (--max-clients N for more) until Ctrl+C.
 
 A thin shim over the Rust core: ``sockdemo.cli.server_script``. Run ``server.v2.py --help``.
 """
 
-import glob
-import os
-import sys
-
-# This folder holds the sockdemo sources. After `maturin develop` the compiled
-# core sits beside them; after `pip install .` it is only in site-packages,
-# and then this folder must not shadow the installed package.
-_here = os.path.dirname(os.path.abspath(__file__))
-if not any(f.endswith((".so", ".pyd")) for f in glob.glob(f"{_here}/sockdemo/_sockdemo.*")):
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-
-try:
-    from sockdemo.cli import server_script
-except ImportError as exc:
-    sys.exit(f"Error: sockdemo is not installed ({exc}); run 'make run' or 'pip install .' first.")
-
 if __name__ == "__main__":
-    sys.exit(server_script())
+    from _launch import run
+
+    run("server_script")

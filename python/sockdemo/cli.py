@@ -593,12 +593,20 @@ CLIENT_HELP = (
 )
 
 
+def _program_name() -> str:
+    """``sockdemo`` when run as the installed command, else ``python -m sockdemo``."""
+    if os.path.basename(sys.argv[0]) == "sockdemo":
+        return "sockdemo"
+    return "python -m sockdemo"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sockdemo``."""
+    """``sockdemo`` and ``python -m sockdemo``."""
     parser = argparse.ArgumentParser(
-        prog="python -m sockdemo",
+        prog=_program_name(),
         description="The classic socket echo example on a Rust core.",
     )
+    parser.add_argument("--version", action="version", version=f"sockdemo {_sockdemo.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server = commands.add_parser("server", help="run the echo server", description=SERVER_HELP)
     _add_server_arguments(server, max_clients=100)
