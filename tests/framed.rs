@@ -193,3 +193,56 @@ fn message_allowance_holds_across_partial_flushes() {
     assert!(rest.is_empty(), "{} more bytes", rest.len());
     server.close();
 }
+
+/// A frame trickled a byte at a time is still cut off by the message
+/// timeout: the deadline runs from the frame's first byte, not the last.
+#[test]
+fn a_trickled_frame_is_cut_off_too() {
+    let limit = Duration::from_millis(400);
+    let server = start(Config {
+        message_timeout: Some(limit),
+        ..framed()
+    });
+    let mut sock = server.connect();
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    // 100 bytes promised, one sent every 50 ms: 5 s to finish, if allowed.
+    send(&mut sock, &[0, 0, 0, 100]);
+    while sock.write_all(b"x").is_ok() && sent < 100 {
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(50));
+        if started.elapsed() > limit * 3 {
+            break;
+        }
+    }
+    assert!(read_until_closed(&mut sock).is_empty());
+    assert!(
+        started.elapsed() < limit * 3,
+        "open for {:?}",
+        started.elapsed()
+    );
+    server.0.shutdown();
+    assert_eq!(server.0.stats().errors, 1);
+}
+
+/// Closing in the middle of a frame is an error; closing between frames is
+/// an ordinary ending.
+#[test]
+fn a_close_mid_frame_is_an_error_and_between_frames_is_not() {
+    let server = start(framed());
+    let mut clean = server.connect();
+    send(&mut clean, &frame(b"whole"));
+    assert_eq!(read_frame(&mut clean), [PREFIX, b"whole"].concat());
+    drop(clean);
+    let finished = |n| {
+        let stats = server.0.stats();
+        stats.connections_accepted == n && stats.connections_active == 0
+    };
+    wait_until(|| finished(1));
+    assert_eq!(server.0.stats().errors, 0);
+    let mut cut = server.connect();
+    send(&mut cut, &[0, 0, 0, 10, b'p', b'a', b'r']);
+    drop(cut);
+    wait_until(|| finished(2));
+    assert_eq!(server.0.stats().errors, 1);
+}

@@ -67,6 +67,19 @@ pub fn read_until_closed(sock: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// Polls `condition` until it holds, for state with no event to wait on (a
+/// server's counters); panics after ten seconds.
+pub fn wait_until(mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met in 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = (payload.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(payload);
