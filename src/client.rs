@@ -142,7 +142,13 @@ impl Client {
             Some((tls, name)) => {
                 let conn = ClientConnection::new(tls, name)?;
                 let mut stream = StreamOwned::new(conn, sock);
-                handshake(&mut stream, deadline, config.timeout, interrupt)?;
+                handshake(&mut stream, deadline, config.timeout, interrupt).map_err(|e| {
+                    // What a plaintext server sends back is no TLS record.
+                    match e {
+                        Error::Tls(rustls::Error::InvalidMessage(_)) => Error::NotTls(peer),
+                        other => other,
+                    }
+                })?;
                 Stream::Tls(Box::new(stream))
             }
         };
@@ -213,10 +219,12 @@ impl Client {
             if n == 0 {
                 return Err(Error::Closed);
             }
+            self.refuse_tls(&self.inbuf[..n])?;
             return Ok(self.inbuf[..n].to_vec());
         }
         loop {
             let received = &self.inbuf[..self.filled];
+            self.refuse_tls(received)?;
             let needed = match self.reply_codec.decode(received)? {
                 Decoded::Message(frame) => {
                     let reply = received[frame.payload.clone()].to_vec();
@@ -243,6 +251,19 @@ impl Client {
             }
             self.filled += n;
         }
+    }
+
+    /// A plaintext client that finds a TLS record where a reply should start
+    /// is talking to a TLS server: say so, instead of handing the alert back
+    /// as a reply (raw) or refusing an absurd frame length (framed).
+    fn refuse_tls(&self, reply: &[u8]) -> Result<()> {
+        if !self.is_tls() && crate::protocol::looks_like_tls(reply) {
+            return Err(Error::Protocol(format!(
+                "the server at {} speaks TLS: connect with a CA file (cafile=..., --cafile)",
+                self.peer
+            )));
+        }
+        Ok(())
     }
 
     /// Closes the connection (with close_notify under TLS). Best effort.

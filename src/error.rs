@@ -54,6 +54,12 @@ pub enum Error {
     #[error("handler failed: {0}")]
     Handler(String),
 
+    /// A TLS client met a server that answered in plaintext.
+    #[error(
+        "the server at {0} does not speak TLS (it answered in plaintext): connect without a CA file"
+    )]
+    NotTls(std::net::SocketAddr),
+
     /// The TLS handshake or a TLS record failed.
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),

@@ -89,6 +89,14 @@ pub fn is_bye(message: &[u8]) -> bool {
     message.trim_ascii().eq_ignore_ascii_case(b"bye")
 }
 
+/// Do these bytes open a TLS record (a handshake or an alert)? A plaintext
+/// peer that finds them where a reply should be is talking to a TLS server.
+/// Neither protocol's replies can start this way: a raw reply starts with the
+/// prefix, and a framed reply of 352 MB or more is far over any limit.
+pub fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, 0x00..=0x04, ..])
+}
+
 /// Where the next whole message sits in a buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {

@@ -201,3 +201,32 @@ def test_openssl_s_client_interoperates(serve, cert, version) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == BYE
+
+
+@pytest.mark.parametrize("protocol", ["raw", "framed"])
+def test_plaintext_against_a_tls_server_says_so(serve, cert, protocol) -> None:
+    server = serve(certfile=cert[0], keyfile=cert[1], protocol=protocol)
+    port = server.server_address[1]
+    with sockdemo.Client("127.0.0.1", port, protocol, timeout=5) as client:
+        with pytest.raises(sockdemo.ProtocolError, match=f"127.0.0.1:{port} speaks TLS"):
+            client.request("hello")
+
+
+def test_tls_against_a_plaintext_server_says_so(serve, cert) -> None:
+    server = serve()
+    port = server.server_address[1]
+    with pytest.raises(sockdemo.TLSError, match=f"127.0.0.1:{port} does not speak TLS"):
+        sockdemo.Client("127.0.0.1", port, timeout=5, cafile=cert[0], server_hostname="localhost")
+
+
+def test_the_client_command_says_which_side_speaks_tls(run, serve, cert) -> None:
+    tls_port = str(serve(certfile=cert[0], keyfile=cert[1]).server_address[1])
+    code, lines = run("-m", "client", "--port", tls_port, "hello").finish()
+    assert code == 1
+    assert f"Error: protocol error: the server at 127.0.0.1:{tls_port} speaks TLS" in lines[-2]
+    plain_port = str(serve().server_address[1])
+    code, lines = run(
+        "-m", "client", "--port", plain_port, "--cafile", str(cert[0]), "hello"
+    ).finish()
+    assert code == 1
+    assert any("does not speak TLS" in line for line in lines), lines

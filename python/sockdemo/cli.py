@@ -34,7 +34,7 @@ from ._sockdemo import (
     Client,
     Server,
 )
-from .errors import ServerClosedError, TLSError
+from .errors import ProtocolError, ServerClosedError, TLSError
 
 #: What ``client.py`` sends when given no message.
 HELLO = "Hello from the client!"
@@ -93,6 +93,8 @@ def _describe(exc: OSError, host: str, port: int) -> str:
         return f"Timed out talking to {host}:{port}."
     if isinstance(exc, TLSError):
         return f"TLS with {host}:{port} failed: {exc}"
+    if isinstance(exc, ProtocolError):
+        return f"{exc.strerror or exc}."
     if isinstance(exc, ConnectionError):
         return f"Connection to {host}:{port} lost: {exc.strerror or exc}."
     if exc.errno == errno.EADDRINUSE:

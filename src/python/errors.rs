@@ -97,6 +97,7 @@ pub(super) fn to_py(py: Python<'_>, err: Error, interrupted: Option<PyErr>) -> P
         // ssl.SSLError's first argument is the OpenSSL error class; 1 is
         // SSL_ERROR_SSL, "a failure in the TLS library", as Python's own.
         Error::Tls(e) => TLSError::new_err((1, e.to_string())),
+        Error::NotTls(_) => TLSError::new_err((1, err.to_string())),
         Error::Certificate(_) | Error::InvalidArgument(_) => PyValueError::new_err(err.to_string()),
         Error::Handler(_) => PyRuntimeError::new_err(err.to_string()),
         Error::Interrupted => interrupted.unwrap_or_else(|| PyKeyboardInterrupt::new_err(())),
