@@ -26,6 +26,15 @@ pub struct Config {
     pub max_message_size: usize,
     /// Close a connection that sends nothing for this long (default: never).
     pub idle_timeout: Option<Duration>,
+    /// When every slot is taken and a client waits, close the connection
+    /// idle the longest if it has been idle this long (default 10 s; `None`
+    /// never does, and then silent clients can hold every slot).
+    pub evict_idle_after: Option<Duration>,
+    /// Bytes of half-received messages all connections together may hold
+    /// (default 64 MiB). Past it, connections with a message under way stop
+    /// reading until memory frees: a thousand peers each sending most of a
+    /// large frame cannot take a gigabyte.
+    pub max_buffered_bytes: usize,
     /// Once a message (or a TLS handshake) has started, the rest must arrive
     /// within this time (default 30 s).
     pub message_timeout: Option<Duration>,
@@ -59,6 +68,8 @@ impl Default for Config {
             buffer_size: DEFAULT_BUFFER_SIZE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             idle_timeout: None,
+            evict_idle_after: Some(Duration::from_secs(10)),
+            max_buffered_bytes: 64 << 20,
             message_timeout: Some(Duration::from_secs(30)),
             write_timeout: Some(Duration::from_secs(30)),
             backlog: 1024,

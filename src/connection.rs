@@ -39,12 +39,14 @@ use bytes::{Buf, BytesMut};
 use log::{Level, debug, info, log, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
+use crate::idle::{Registered, Registry};
 use crate::outbox::{Delivered, Outbox};
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Reply, is_bye};
 use crate::stats::Stats;
@@ -70,6 +72,10 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     /// Runs the handler, when the server has one.
     pub dispatcher: Option<Dispatcher>,
+    /// Which connections are idle, for making room when the server is full.
+    pub idle: Registry,
+    /// The bytes half-received messages may hold, server-wide, as permits.
+    pub buffered: Arc<Semaphore>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The level of the per-message log line: INFO for a one-client server
     /// (the original printed every message), DEBUG when many are served.
@@ -98,6 +104,8 @@ enum End {
     Limit,
     /// The client sent nothing for the idle timeout.
     Idle,
+    /// Closed while idle, to make room for a waiting client.
+    Evicted,
 }
 
 /// Serves one accepted client until it leaves, fails, or the server stops.
@@ -113,6 +121,7 @@ pub(crate) async fn serve(
     // A token of its own: waiting on the server's token directly would make
     // every connection lock the same mutex each time it waits for a message.
     let shutdown = shutdown.child_token();
+    let registered = shared.idle.register(shutdown.clone());
     let name: Arc<str> = py_address(peer).into();
     shared.stats.connection_opened();
     info!("Connected by {name}");
@@ -128,6 +137,7 @@ pub(crate) async fn serve(
                 // may involve the Python logging configuration.
                 log_messages: log::log_enabled!(shared.message_level),
                 outbox: None,
+                registered: &registered,
             };
             let result = conn.run().await;
             // Counted before the peer can see the close, so whoever sees it
@@ -145,6 +155,10 @@ pub(crate) async fn serve(
         Ok(End::Bye) => info!("Client sent 'bye'. Closing connection."),
         Ok(End::Limit) => debug!("Closing connection with {name}: message limit reached."),
         Ok(End::Shutdown) => debug!("Closing connection with {name}: server shutting down."),
+        Ok(End::Evicted) => info!(
+            "Closing connection with {name}: idle for {:?} while every slot was taken and a client waited.",
+            shared.config.evict_idle_after.unwrap_or_default()
+        ),
         Ok(End::Idle) => info!(
             "Closing connection with {name}: idle for {:?}.",
             shared.config.idle_timeout.unwrap_or_default()
@@ -285,6 +299,8 @@ struct Connection<'a> {
     log_messages: bool,
     /// Where the handler's replies go; made at the first job.
     outbox: Option<Arc<Outbox>>,
+    /// This connection's idleness, as a full server sees it.
+    registered: &'a Registered<'a>,
 }
 
 /// What woke a connection waiting for its next bytes.
@@ -316,6 +332,8 @@ impl Connection<'_> {
         // When the message now partly in `inbuf` must be complete by.
         let mut message_deadline: Option<Instant> = None;
         let mut read_size = READ_CHUNK;
+        // This connection's share of the buffered-bytes budget.
+        let mut budget: Option<OwnedSemaphorePermit> = None;
         loop {
             let allowance = self.session.max_messages.map(|max| max - answered);
             let batch = match &shared.dispatcher {
@@ -342,6 +360,24 @@ impl Connection<'_> {
             };
             let want = read_size.max(batch.needed.min(MAX_READ_AHEAD));
             let armed = Instant::now();
+            // Idle: nothing half-received. (A handler may still be at work
+            // for us; if we are chosen to make room, its reply goes first.)
+            if inbuf.is_empty() {
+                self.registered.idle();
+                budget = None;
+            }
+            // A message under way may grow its buffer only within the
+            // server-wide budget. Its whole share (the declared size, rounded
+            // up as buffers grow by doubling) is taken at once, so a
+            // connection holding budget never waits for more: no two can
+            // each hold part of what the other needs. The share is
+            // accounting; memory still follows the bytes that arrive. The
+            // first read of a message needs none: it is one read's size,
+            // like any connection's.
+            let need = (!inbuf.is_empty()).then(|| {
+                let cap = shared.config.max_buffered_bytes.max(1);
+                (inbuf.len() + batch.needed).next_power_of_two().min(cap)
+            });
             let woken = {
                 let outbox = self.outbox.clone();
                 let needed = async {
@@ -350,7 +386,24 @@ impl Connection<'_> {
                         None => pending().await,
                     }
                 };
-                let read = self.transport.read_into(&mut inbuf, want);
+                let buffered = &shared.buffered;
+                let transport = &mut self.transport;
+                let read = async {
+                    if let Some(need) = need {
+                        let held = budget.as_ref().map_or(0, |p| p.num_permits());
+                        if held < need {
+                            let more = u32::try_from(need - held).unwrap_or(u32::MAX);
+                            // The semaphore is never closed.
+                            if let Ok(permit) = buffered.clone().acquire_many_owned(more).await {
+                                match &mut budget {
+                                    Some(held) => held.merge(permit),
+                                    None => budget = Some(permit),
+                                }
+                            }
+                        }
+                    }
+                    transport.read_into(&mut inbuf, want).await
+                };
                 tokio::select! {
                     biased;
                     _ = self.shutdown.cancelled() => Woken::Shutdown,
@@ -361,14 +414,21 @@ impl Connection<'_> {
             let n = match woken {
                 Woken::Shutdown => {
                     self.settle().await?;
-                    return Ok(End::Shutdown);
+                    return Ok(if self.registered.evicted() {
+                        End::Evicted
+                    } else {
+                        End::Shutdown
+                    });
                 }
                 Woken::Outbox => {
                     let delivered = self.outbox.as_ref().map(|o| o.take()).unwrap_or_default();
                     self.absorb(delivered).await?;
                     continue;
                 }
-                Woken::Read(Some(n)) => n?,
+                Woken::Read(Some(n)) => {
+                    self.registered.busy();
+                    n?
+                }
                 // A handler still at work, or done since the timer was set,
                 // is activity: wait again.
                 Woken::Read(None)

@@ -19,6 +19,8 @@
 //!   the network threads, in order per connection, with back-pressure.
 //! * `outbox`: where a connection's handler replies go, straight into its
 //!   socket when the handler thread can write them there.
+//! * `idle`: which connections are idle, so a full server can make room for
+//!   a waiting client.
 //! * [`client`]: the blocking client.
 //! * [`tls`]: rustls configurations from PEM files, development certificates.
 //! * [`bench`](mod@bench): the load generator.
@@ -34,6 +36,7 @@ mod connection;
 pub mod dispatch;
 pub mod error;
 pub mod handler;
+mod idle;
 mod outbox;
 pub mod protocol;
 pub mod server;

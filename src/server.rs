@@ -3,11 +3,12 @@
 //!
 //! `run` is the whole engine as one async function of an already-bound
 //! listener and a shutdown token, in the shape of mini-redis: binding and
-//! argument parsing live at the edge. It waits for a free slot *before*
-//! accepting, so clients beyond `max_clients` wait in the kernel's backlog
-//! exactly as they did with the original one-at-a-time server: they are
-//! queued, never refused. Each connection task owns its semaphore permit and
-//! frees the slot when it ends, however it ends.
+//! argument parsing live at the edge. Clients beyond `max_clients` wait, as
+//! they did with the original one-at-a-time server: queued, never refused.
+//! One of them is accepted and held while the server makes room (closing the
+//! connection idle the longest, once it has been idle long enough, see
+//! `idle`); the rest wait in the kernel's backlog. Each connection task owns
+//! its semaphore permit and frees the slot when it ends, however it ends.
 //!
 //! Shutdown happens in three visible steps: decide (cancel the token), tell
 //! (every connection `select!`s on it), wait (`TaskTracker::close` + `wait`).
@@ -26,7 +27,7 @@ use log::{Level, debug, info, warn};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +36,7 @@ use crate::connection::{self, Session, Shared};
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 pub use crate::handler::Handler;
+use crate::idle::Registry;
 use crate::protocol::Codec;
 use crate::stats::Snapshot;
 
@@ -67,20 +69,38 @@ pub(crate) async fn run(
     };
     let mut backoff = Backoff::default();
     let result = loop {
-        let permit = tokio::select! {
-            // The semaphore is never closed, so acquiring never fails.
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break Ok(()),
+        // A client accepted while every slot was taken, waiting for room.
+        let mut waiting = None;
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                // The semaphore is never closed, so acquiring never fails.
+                permit = limit.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break Ok(()),
+                },
+                accepted = accept(&listener, &mut backoff) => match accepted {
+                    Ok(accepted) => {
+                        waiting = Some(accepted);
+                        match make_room(&limit, &shared, &shutdown).await {
+                            Some(permit) => permit,
+                            None => break Ok(()),
+                        }
+                    }
+                    Err(e) => break Err(e),
+                },
+                _ = shutdown.cancelled() => break Ok(()),
             },
-            _ = shutdown.cancelled() => break Ok(()),
         };
-        let (stream, peer) = tokio::select! {
-            accepted = accept(&listener, &mut backoff) => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => break Err(e),
+        let (stream, peer) = match waiting.take() {
+            Some(accepted) => accepted,
+            None => tokio::select! {
+                accepted = accept(&listener, &mut backoff) => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => break Err(e),
+                },
+                _ = shutdown.cancelled() => break Ok(()),
             },
-            _ = shutdown.cancelled() => break Ok(()),
         };
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tracker.spawn(async move {
@@ -102,6 +122,29 @@ pub(crate) async fn run(
     }
     result
 }
+
+/// Waits for a free slot while a client waits, closing the connection idle
+/// the longest (once it has been idle `evict_idle_after`) to make one.
+async fn make_room(
+    limit: &Arc<Semaphore>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        if let Some(after) = shared.config.evict_idle_after {
+            shared.idle.evict_longest_idle(after);
+        }
+        tokio::select! {
+            permit = limit.clone().acquire_owned() => return permit.ok(),
+            _ = tokio::time::sleep(ROOM_CHECK) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// How often a full server with a client waiting looks for a connection to
+/// close.
+const ROOM_CHECK: Duration = Duration::from_millis(500);
 
 /// Accepts the next connection, riding out errors that concern one
 /// connection or a passing shortage of resources.
@@ -278,6 +321,10 @@ impl Server {
         let shared = Shared {
             codec,
             stats: Arc::default(),
+            idle: Registry::new(),
+            buffered: Arc::new(Semaphore::new(
+                config.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
+            )),
             dispatcher,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             message_level: if config.max_clients == 1 {

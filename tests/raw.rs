@@ -104,7 +104,7 @@ fn close_releases_the_port() {
 /// and not much after; a talking one is not.
 #[test]
 fn idle_timeout_closes_after_its_time() {
-    let idle = std::time::Duration::from_millis(300);
+    let idle = std::time::Duration::from_millis(500);
     let server = start(Config {
         idle_timeout: Some(idle),
         ..Config::default()
@@ -117,4 +117,45 @@ fn idle_timeout_closes_after_its_time() {
     assert!(waited < idle * 2, "closed after {waited:?}");
     server.0.shutdown();
     assert_eq!(server.0.stats().errors, 0, "an idle close is not an error");
+}
+
+/// When every slot is taken by silent connections, a new client is served
+/// once the longest-idle one has been idle long enough; a silent connection
+/// is left alone while slots are free.
+#[test]
+fn a_full_server_makes_room_by_closing_the_longest_idle() {
+    let after = std::time::Duration::from_millis(300);
+    let server = start(Config {
+        max_clients: 2,
+        evict_idle_after: Some(after),
+        ..Config::default()
+    });
+    let mut oldest = server.connect();
+    wait_until(|| server.0.stats().connections_active == 1);
+    std::thread::sleep(after * 2);
+    // Idle past the eviction time, but a slot is free: still served.
+    send(&mut oldest, b"still here");
+    assert_eq!(
+        read_exactly(&mut oldest, PREFIX.len() + 10),
+        [PREFIX, b"still here"].concat()
+    );
+    let mut younger = server.connect();
+    wait_until(|| server.0.stats().connections_active == 2);
+    // Full: a third client waits until the longest-idle connection goes.
+    let mut newcomer = server.connect();
+    let started = std::time::Instant::now();
+    send(&mut newcomer, b"let me in");
+    assert_eq!(
+        read_exactly(&mut newcomer, PREFIX.len() + 9),
+        [PREFIX, b"let me in"].concat()
+    );
+    assert!(started.elapsed() < after * 4, "{:?}", started.elapsed());
+    assert!(read_until_closed(&mut oldest).is_empty());
+    send(&mut younger, b"and me?");
+    assert_eq!(
+        read_exactly(&mut younger, PREFIX.len() + 7),
+        [PREFIX, b"and me?"].concat()
+    );
+    server.0.shutdown();
+    assert_eq!(server.0.stats().errors, 0, "making room is not a failure");
 }

@@ -171,3 +171,38 @@ def test_declared_lengths_do_not_allocate_memory(run) -> None:
     assert grown < 30_000, f"RSS grew by {grown} KiB"
     for sock in promises:
         sock.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+def test_half_sent_messages_share_a_memory_budget(run) -> None:
+    """80 peers each send all but the last byte of a 1 MiB frame and stall:
+    the server holds about its budget, not 80 MiB, and answers every one of
+    them once they finish."""
+    server: Script = run(
+        "-m", "server", "--port", "0", "--protocol", "framed", "--max-clients", "100",
+        "--max-buffered", str(16 << 20), "--log-level", "warning",
+    )  # fmt: skip
+    port = server.port()
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as warm:
+        warm.sendall(frame(payload))
+        assert read_frame(warm) == PREFIX + payload
+    before = rss_kib(server.proc.pid)
+    peers = []
+    for _ in range(80):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(frame(payload)[:-1])
+        peers.append(sock)
+    # What the server did not take waits in the sockets (TCP pushes back).
+    # Another client is still served meanwhile.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as check:
+        check.sendall(frame(b"small"))
+        assert read_frame(check) == PREFIX + b"small"
+    grown = rss_kib(server.proc.pid) - before
+    # 80 MiB without the budget; the budget is 16 MiB.
+    assert grown < 40_000, f"RSS grew by {grown} KiB for 80 MiB of half-sent frames"
+    for sock in peers:
+        sock.sendall(frame(payload)[-1:])
+    for sock in peers:
+        assert read_frame(sock) == PREFIX + payload
+        sock.close()

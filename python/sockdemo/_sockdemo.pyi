@@ -66,7 +66,13 @@ class Server:
     ``sockdemo.handler`` and closes only that client.
 
     ``certfile``/``keyfile`` (PEM) turn on TLS. Timeouts are in seconds:
-    ``idle_timeout`` closes connections silent that long (default never),
+    ``idle_timeout`` closes connections silent that long (default never);
+    ``evict_idle_after``: when every slot is taken and a client waits, the
+    connection idle the longest is closed once it has been idle that long
+    (default 10; ``None`` never, letting silent clients hold every slot);
+    ``max_buffered_bytes`` bounds the bytes of half-received messages all
+    connections together hold (default 64 MiB): past it, connections with a
+    message under way stop reading until memory frees;
     ``message_timeout`` bounds receiving a message once started and the TLS
     handshake, ``write_timeout`` bounds writing a reply, ``shutdown_timeout``
     bounds how long a shutdown waits for handlers still running.
@@ -90,6 +96,8 @@ class Server:
         write_timeout: float | None = ...,
         handler_threads: int | None = None,
         shutdown_timeout: float = 5.0,
+        evict_idle_after: float | None = 10.0,
+        max_buffered_bytes: int = 67108864,
     ) -> Server: ...
     @property
     def server_address(self) -> tuple[Any, ...]:

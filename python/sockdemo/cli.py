@@ -212,6 +212,22 @@ def _add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> 
         help="close connections that send nothing for this long (default: never)",
     )
     parser.add_argument(
+        "--max-buffered",
+        type=_positive,
+        default=64 << 20,
+        metavar="BYTES",
+        help="bytes of half-received messages all connections together may hold; past it "
+        "they stop reading until memory frees (default 67108864, 64 MiB)",
+    )
+    parser.add_argument(
+        "--evict-idle-after",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="when every slot is taken and a client waits, close the connection idle the "
+        "longest once it has been idle this long (default 10; 0 at once)",
+    )
+    parser.add_argument(
         "--message-timeout",
         type=_seconds,
         default=30.0,
@@ -324,6 +340,8 @@ def _open_server(args: argparse.Namespace) -> Server | None:
             max_message_size=args.max_message_size,
             message_timeout=args.message_timeout,
             write_timeout=args.write_timeout,
+            evict_idle_after=args.evict_idle_after,
+            max_buffered_bytes=args.max_buffered,
             handler=args.handler_function,
             handler_threads=args.handler_threads,
             shutdown_timeout=args.shutdown_timeout,

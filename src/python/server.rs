@@ -50,12 +50,13 @@ impl Server {
         reply_prefix = protocol::DEFAULT_PREFIX.to_owned(), idle_timeout = None, certfile = None,
         keyfile = None, handler = None, *, buffer_size = protocol::DEFAULT_BUFFER_SIZE,
         max_message_size = protocol::DEFAULT_MAX_MESSAGE_SIZE, message_timeout = Some(30.0),
-        write_timeout = Some(30.0), handler_threads = None, shutdown_timeout = 5.0
+        write_timeout = Some(30.0), handler_threads = None, shutdown_timeout = 5.0,
+        evict_idle_after = Some(10.0), max_buffered_bytes = 64 << 20
     ))]
     // Spelled out so that help() shows the defaults (the constants' values;
     // a test checks they agree) instead of "...".
     #[pyo3(
-        text_signature = "(host='127.0.0.1', port=0, max_clients=100, protocol='raw', reply_prefix='Server received: ', idle_timeout=None, certfile=None, keyfile=None, handler=None, *, buffer_size=1024, max_message_size=1048576, message_timeout=30.0, write_timeout=30.0, handler_threads=None, shutdown_timeout=5.0)"
+        text_signature = "(host='127.0.0.1', port=0, max_clients=100, protocol='raw', reply_prefix='Server received: ', idle_timeout=None, certfile=None, keyfile=None, handler=None, *, buffer_size=1024, max_message_size=1048576, message_timeout=30.0, write_timeout=30.0, handler_threads=None, shutdown_timeout=5.0, evict_idle_after=10.0, max_buffered_bytes=67108864)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -75,6 +76,8 @@ impl Server {
         write_timeout: Option<f64>,
         handler_threads: Option<usize>,
         shutdown_timeout: f64,
+        evict_idle_after: Option<f64>,
+        max_buffered_bytes: usize,
     ) -> PyResult<Self> {
         if let Some(reset) = LOG_RESET.get() {
             reset.reset();
@@ -101,6 +104,8 @@ impl Server {
             idle_timeout: seconds("idle_timeout", idle_timeout)?,
             message_timeout: seconds("message_timeout", message_timeout)?,
             write_timeout: seconds("write_timeout", write_timeout)?,
+            evict_idle_after: seconds("evict_idle_after", evict_idle_after)?,
+            max_buffered_bytes,
             tls,
             handler_threads: handler_threads.unwrap_or_else(config::default_handler_threads),
             shutdown_timeout: seconds("shutdown_timeout", Some(shutdown_timeout))?
