@@ -42,6 +42,7 @@ use crate::error::Error;
 use crate::handler::{Detach, Handler};
 use crate::outbox::Outbox;
 use crate::protocol::{Codec, Protocol};
+use crate::stats::Load;
 
 /// A call that has run this long counts as stuck (waiting, not computing),
 /// and a job that waits behind only stuck calls gets a new thread. Well
@@ -80,17 +81,6 @@ struct Answer {
     /// Why the messages after those were not answered; the connection
     /// sends `out`, then closes.
     error: Option<Error>,
-}
-
-/// What the pool looks like now, for `stats()`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Load {
-    /// Messages waiting for a handler thread.
-    pub queued: u64,
-    /// Handler threads running.
-    pub threads: u64,
-    /// Of those, the ones not waiting for work.
-    pub busy: u64,
 }
 
 /// The pool; cheap to share through an `Arc`.

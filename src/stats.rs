@@ -7,8 +7,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::dispatch::Load;
-
 /// Live counters, shared by the accept loop and every connection.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -18,6 +16,17 @@ pub struct Stats {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     errors: AtomicU64,
+}
+
+/// What a server's handler pool looks like at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Messages waiting for a handler thread.
+    pub queued: u64,
+    /// Handler threads running.
+    pub threads: u64,
+    /// Of those, the ones not waiting for work.
+    pub busy: u64,
 }
 
 /// A copy of the counters at one moment.
