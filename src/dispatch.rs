@@ -632,6 +632,57 @@ mod tests {
         Ok(())
     }
 
+    /// Spins for about a millisecond: busy, never stuck.
+    struct Busy;
+
+    impl Handler for Busy {
+        fn reply(&self, _peer: &str, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+            let until = Instant::now() + Duration::from_millis(1);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            Ok(Some(message.to_vec()))
+        }
+    }
+
+    #[test]
+    fn a_busy_handler_gets_no_second_thread() -> crate::Result<()> {
+        let codec = Codec::new(Protocol::Raw, 1024, 8)?;
+        let d = Dispatcher::new(Arc::new(Busy), codec, Vec::new(), 4);
+        // 60 jobs of 1 ms queue up for longer than the watchdog's looks.
+        let jobs: Vec<Pending> = (0..60).map(|_| job(&d, &[b"x"])).collect();
+        for pending in jobs {
+            wait(pending)?;
+        }
+        let load = d.load();
+        assert_eq!((load.threads, load.queued), (1, 0), "{load:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_load_counts_queue_and_busy_threads() -> crate::Result<()> {
+        let d = pool(Protocol::Raw, 2)?;
+        let slow = job(&d, &[b"slow"]);
+        let queued = job(&d, &[b"a", b"b"]);
+        // The slow call holds the only thread until the watchdog adds one.
+        let load = d.load();
+        assert!(load.busy >= 1 && load.threads >= 1, "{load:?}");
+        wait(slow)?;
+        wait(queued)?;
+        let d_load = d.load();
+        assert_eq!(d_load.queued, 0);
+        wait_until_idle(&d);
+        assert_eq!(d.load().busy, 0);
+        Ok(())
+    }
+
+    fn wait_until_idle(d: &Dispatcher) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.load().busy > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn close_lets_idle_threads_leave() -> crate::Result<()> {
         let d = pool(Protocol::Raw, 2)?;

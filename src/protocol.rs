@@ -399,6 +399,26 @@ mod tests {
     }
 
     #[test]
+    fn tls_records_are_recognised_and_replies_are_not() {
+        assert!(looks_like_tls(b"\x15\x03\x03\x00\x02\x02\x32")); // an alert
+        assert!(looks_like_tls(b"\x16\x03\x01\x02\x00")); // a handshake
+        assert!(!looks_like_tls(b"Server received: hello"));
+        assert!(!looks_like_tls(b"\x00\x00\x00\x05hello"));
+        assert!(!looks_like_tls(b"\x16\x03"));
+    }
+
+    #[test]
+    fn protocols_have_names_both_ways() -> crate::Result<()> {
+        for protocol in [Protocol::Raw, Protocol::Framed] {
+            assert_eq!(protocol.name().parse::<Protocol>()?, protocol);
+            assert_eq!(protocol.to_string(), protocol.name());
+        }
+        assert_eq!(Protocol::Framed.name(), "framed");
+        assert!("websocket".parse::<Protocol>().is_err());
+        Ok(())
+    }
+
+    #[test]
     fn bye_ignores_case_and_surrounding_whitespace() -> crate::Result<()> {
         for yes in [&b"bye"[..], b"BYE", b" Bye\r\n", b"bye\n", b"\tbYe "] {
             assert!(is_bye(yes), "{yes:?}");

@@ -246,3 +246,19 @@ fn a_close_mid_frame_is_an_error_and_between_frames_is_not() {
     wait_until(|| finished(2));
     assert_eq!(server.0.stats().errors, 1);
 }
+
+/// A reply larger than the socket buffers reaches a slow reader whole: the
+/// connection waits for it to read, within the write timeout.
+#[test]
+fn a_slow_reader_gets_large_replies_whole() {
+    let server = start(framed());
+    let mut sock = server.connect();
+    let big = vec![b'q'; 1000 * 1000];
+    send(&mut sock, &[frame(&big), frame(&big), frame(&big)].concat());
+    std::thread::sleep(Duration::from_millis(300)); // the server is mid-write
+    for _ in 0..3 {
+        let reply = read_frame(&mut sock);
+        assert_eq!(reply.len(), PREFIX.len() + big.len());
+        assert!(reply.ends_with(&big));
+    }
+}

@@ -25,6 +25,7 @@ impl Handler for Upper {
                 thread::sleep(Duration::from_millis(600));
                 Ok(Some(b"SLOW".to_vec()))
             }
+            b"fail" => Err("refused".into()),
             other => Ok(Some(other.to_ascii_uppercase())),
         }
     }
@@ -67,14 +68,20 @@ fn pipelined_replies_keep_their_order() {
     };
     let server = start_with(config, Some(upper()));
     let mut sock = server.connect();
+    // About 16 MiB of replies: more than the socket buffers hold, so the
+    // handler threads' writes stop short and the connection writes the rest.
     let messages: Vec<Vec<u8>> = (0..300)
-        .map(|i| format!("message {i} {}", "y".repeat(i * 37)).into_bytes())
+        .map(|i| format!("message {i} {}", "y".repeat(i * 370)).into_bytes())
         .collect();
     let burst: Vec<u8> = messages.iter().flat_map(|m| frame(m)).collect();
-    send(&mut sock, &burst);
+    // Written from another thread: the replies outgrow the buffers long
+    // before the burst is all sent, so reading must go on meanwhile.
+    let mut writer = sock.try_clone().unwrap();
+    let sender = thread::spawn(move || send(&mut writer, &burst));
     for message in &messages {
         assert_eq!(read_frame(&mut sock), message.to_ascii_uppercase());
     }
+    sender.join().unwrap();
 }
 
 /// A handler still at work is activity: the idle timeout does not cut its
@@ -93,4 +100,40 @@ fn a_slow_handler_is_not_idleness() {
     assert!(read_until_closed(&mut sock).is_empty());
     server.0.shutdown();
     assert_eq!(server.0.stats().errors, 0);
+}
+
+/// A `bye` after messages for the handler is answered after their replies.
+#[test]
+fn bye_waits_for_the_replies_before_it() {
+    let config = Config {
+        protocol: Protocol::Framed,
+        ..Config::default()
+    };
+    let server = start_with(config, Some(upper()));
+    let mut sock = server.connect();
+    send(&mut sock, &[frame(b"slow"), frame(b"bye")].concat());
+    assert_eq!(read_until_closed(&mut sock), [frame(b"SLOW"), frame(BYE)].concat());
+}
+
+/// A failing handler closes its own connection, after the replies owed
+/// before it; the server goes on.
+#[test]
+fn a_failing_handler_closes_only_its_connection() {
+    let config = Config {
+        protocol: Protocol::Framed,
+        ..Config::default()
+    };
+    let server = start_with(config, Some(upper()));
+    let mut sock = server.connect();
+    send(
+        &mut sock,
+        &[frame(b"first"), frame(b"fail"), frame(b"never")].concat(),
+    );
+    assert_eq!(read_frame(&mut sock), b"FIRST");
+    assert!(read_until_closed(&mut sock).is_empty());
+    let mut other = server.connect();
+    send(&mut other, &frame(b"fine"));
+    assert_eq!(read_frame(&mut other), b"FINE");
+    wait_until(|| server.0.stats().connections_active == 1);
+    assert_eq!(server.0.stats().errors, 1);
 }

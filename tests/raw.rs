@@ -159,3 +159,39 @@ fn a_full_server_makes_room_by_closing_the_longest_idle() {
     server.0.shutdown();
     assert_eq!(server.0.stats().errors, 0, "making room is not a failure");
 }
+
+/// Impossible settings are refused when binding, before anything runs.
+#[test]
+fn impossible_settings_are_refused() {
+    for config in [
+        Config {
+            max_clients: 0,
+            ..Config::default()
+        },
+        Config {
+            handler_threads: 0,
+            ..Config::default()
+        },
+        Config {
+            max_clients: usize::MAX,
+            ..Config::default()
+        },
+        Config {
+            buffer_size: 0,
+            ..Config::default()
+        },
+    ] {
+        let refused = Server::bind("127.0.0.1", 0, config, None);
+        assert!(
+            matches!(refused, Err(sockdemo::Error::InvalidArgument(_))),
+            "{:?}",
+            refused.err()
+        );
+    }
+    // The largest allowed limit is accepted.
+    let config = Config {
+        max_clients: tokio::sync::Semaphore::MAX_PERMITS,
+        ..Config::default()
+    };
+    assert!(Server::bind("127.0.0.1", 0, config, None).is_ok());
+}
