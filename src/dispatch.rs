@@ -646,16 +646,20 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_handler_gets_no_second_thread() -> crate::Result<()> {
+    fn a_busy_handler_does_not_grow_the_pool() -> crate::Result<()> {
         let codec = Codec::new(Protocol::Raw, 1024, 8)?;
         let d = Dispatcher::new(Arc::new(Busy), codec, Vec::new(), 4);
-        // 60 jobs of 1 ms queue up for longer than the watchdog's looks.
+        // 60 jobs of 1 ms queue up for a dozen of the watchdog's looks.
         let jobs: Vec<Pending> = (0..60).map(|_| job(&d, &[b"x"])).collect();
         for pending in jobs {
             wait(pending)?;
         }
         let load = d.load();
-        assert_eq!((load.threads, load.queued), (1, 0), "{load:?}");
+        assert_eq!(load.queued, 0);
+        // One thread; two if the machine preempted a call for longer than
+        // STUCK_AFTER (a busy CI box does), never the four a pool growing
+        // on every look would reach.
+        assert!(load.threads <= 2, "{load:?}");
         Ok(())
     }
 
