@@ -677,6 +677,9 @@ mod tests {
         assert_eq!(d_load.queued, 0);
         wait_until_idle(&d);
         assert_eq!(d.load().busy, 0);
+        // A job that finds the thread waiting is taken off the queue too.
+        wait(job(&d, &[b"c"]))?;
+        assert_eq!(d.load().queued, 0);
         Ok(())
     }
 

@@ -251,14 +251,44 @@ fn a_close_mid_frame_is_an_error_and_between_frames_is_not() {
 /// connection waits for it to read, within the write timeout.
 #[test]
 fn a_slow_reader_gets_large_replies_whole() {
-    let server = start(framed());
+    let server = start(Config {
+        max_message_size: 8 << 20,
+        ..framed()
+    });
     let mut sock = server.connect();
-    let big = vec![b'q'; 1000 * 1000];
-    send(&mut sock, &[frame(&big), frame(&big), frame(&big)].concat());
+    // 24 MB of replies: far more than the socket buffers hold.
+    let big = vec![b'q'; 6 << 20];
+    let burst = [frame(&big), frame(&big), frame(&big), frame(&big)].concat();
+    let mut writer = sock.try_clone().unwrap();
+    let sender = std::thread::spawn(move || send(&mut writer, &burst));
     std::thread::sleep(Duration::from_millis(300)); // the server is mid-write
-    for _ in 0..3 {
+    for _ in 0..4 {
         let reply = read_frame(&mut sock);
         assert_eq!(reply.len(), PREFIX.len() + big.len());
         assert!(reply.ends_with(&big));
+    }
+    sender.join().unwrap();
+}
+
+/// Peers that each send most of a large frame and stall wait for the
+/// buffered-bytes budget rather than deadlock on it: once they finish, every
+/// one is answered.
+#[test]
+fn half_sent_frames_beyond_the_budget_are_all_answered() {
+    let server = start(Config {
+        max_buffered_bytes: 2 << 20,
+        ..framed()
+    });
+    let payload = vec![b'h'; 600 * 1000];
+    let whole = frame(&payload);
+    let mut peers: Vec<_> = (0..8).map(|_| server.connect()).collect();
+    for peer in &mut peers {
+        send(peer, &whole[..whole.len() - 1]);
+    }
+    for peer in &mut peers {
+        send(peer, &whole[whole.len() - 1..]);
+    }
+    for peer in &mut peers {
+        assert_eq!(read_frame(peer), [PREFIX, &payload[..]].concat());
     }
 }

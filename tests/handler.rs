@@ -112,7 +112,30 @@ fn bye_waits_for_the_replies_before_it() {
     let server = start_with(config, Some(upper()));
     let mut sock = server.connect();
     send(&mut sock, &[frame(b"slow"), frame(b"bye")].concat());
-    assert_eq!(read_until_closed(&mut sock), [frame(b"SLOW"), frame(BYE)].concat());
+    assert_eq!(
+        read_until_closed(&mut sock),
+        [frame(b"SLOW"), frame(BYE)].concat()
+    );
+}
+
+/// A refused frame after messages for the handler is refused after their
+/// replies.
+#[test]
+fn a_refusal_waits_for_the_replies_before_it() {
+    let config = Config {
+        protocol: Protocol::Framed,
+        max_message_size: 100,
+        ..Config::default()
+    };
+    let server = start_with(config, Some(upper()));
+    let mut sock = server.connect();
+    send(
+        &mut sock,
+        &[&frame(b"slow")[..], &1000u32.to_be_bytes()].concat(),
+    );
+    assert_eq!(read_frame(&mut sock), b"SLOW");
+    assert!(read_frame(&mut sock).starts_with(b"Error: message of 1000 bytes"));
+    assert!(read_until_closed(&mut sock).is_empty());
 }
 
 /// A failing handler closes its own connection, after the replies owed

@@ -23,6 +23,8 @@ fn echo_is_prefix_plus_exact_bytes() {
         assert_eq!(&reply[..PREFIX.len()], PREFIX);
         assert_eq!(&reply[PREFIX.len()..], message);
     }
+    // Counted before the client could see the replies.
+    assert_eq!(server.0.stats().messages, 3);
 }
 
 /// More than 1024 bytes at once are cut where a `recv(1024)` would cut them.
