@@ -26,6 +26,7 @@ impl Handler for Upper {
                 Ok(Some(b"SLOW".to_vec()))
             }
             b"fail" => Err("refused".into()),
+            b"big" => Ok(Some(vec![b'B'; 8 << 20])),
             other => Ok(Some(other.to_ascii_uppercase())),
         }
     }
@@ -99,6 +100,28 @@ fn a_slow_handler_is_not_idleness() {
     // Then silence is idleness again.
     assert!(read_until_closed(&mut sock).is_empty());
     server.0.shutdown();
+    assert_eq!(server.0.stats().errors, 0);
+}
+
+/// A reply larger than the socket buffers, to a client slow to read, is
+/// written partly by the handler thread and finished by the connection.
+#[test]
+fn a_large_reply_to_a_slow_reader_arrives_whole() {
+    let config = Config {
+        protocol: Protocol::Framed,
+        max_message_size: 16 << 20,
+        ..Config::default()
+    };
+    let server = start_with(config, Some(upper()));
+    let mut sock = server.connect();
+    send(&mut sock, &frame(b"big"));
+    thread::sleep(Duration::from_millis(300)); // the buffers fill meanwhile
+    let reply = read_frame(&mut sock);
+    assert_eq!(reply.len(), 8 << 20);
+    assert!(reply.iter().all(|&b| b == b'B'));
+    // A full socket is no failure: the session goes on.
+    send(&mut sock, &frame(b"after"));
+    assert_eq!(read_frame(&mut sock), b"AFTER");
     assert_eq!(server.0.stats().errors, 0);
 }
 
