@@ -220,12 +220,39 @@ impl Client {
                 return Err(Error::Closed);
             }
             self.refuse_tls(&self.inbuf[..n])?;
-            return Ok(self.inbuf[..n].to_vec());
+            let reply = &self.inbuf[..n];
+            // A length that announces exactly the rest: the server frames.
+            if let Some(header) = reply.first_chunk::<4>()
+                && header[0] == 0
+                && u32::from_be_bytes(*header) as usize == n - 4
+            {
+                return Err(Error::Protocol(format!(
+                    "the server at {} answers in frames: use the framed protocol",
+                    self.peer
+                )));
+            }
+            return Ok(reply.to_vec());
         }
         loop {
             let received = &self.inbuf[..self.filled];
             self.refuse_tls(received)?;
-            let needed = match self.reply_codec.decode(received)? {
+            let decoded = self.reply_codec.decode(received).map_err(|e| match e {
+                // Text where a length should be: the server does not frame.
+                Error::MessageTooLarge { .. }
+                    if received[..4]
+                        .iter()
+                        .all(|b| b.is_ascii_graphic() || *b == b' ') =>
+                {
+                    Error::Protocol(format!(
+                        "the server at {} does not answer in frames (its reply starts {:?}): \
+                         use the raw protocol",
+                        self.peer,
+                        String::from_utf8_lossy(&received[..4])
+                    ))
+                }
+                other => other,
+            })?;
+            let needed = match decoded {
                 Decoded::Message(frame) => {
                     let reply = received[frame.payload.clone()].to_vec();
                     self.inbuf.copy_within(frame.consumed()..self.filled, 0);

@@ -206,3 +206,18 @@ def test_half_sent_messages_share_a_memory_budget(run) -> None:
     for sock in peers:
         assert read_frame(sock) == PREFIX + payload
         sock.close()
+
+
+def test_a_protocol_mismatch_is_said_plainly(serve, run) -> None:
+    raw_port = serve(protocol="raw").server_address[1]
+    with sockdemo.Client("127.0.0.1", raw_port, "framed", timeout=5) as client:
+        with pytest.raises(sockdemo.ProtocolError, match="does not answer in frames"):
+            client.request("hi")
+    framed_port = serve(protocol="framed").server_address[1]
+    # (4 bytes or more: a framed server waits for the rest of a shorter header)
+    with sockdemo.Client("127.0.0.1", framed_port, "raw", timeout=5) as client:
+        with pytest.raises(sockdemo.ProtocolError, match="answers in frames"):
+            client.request("hello")
+    code, lines = run("-m", "client", "--port", str(framed_port), "hello").finish()
+    assert code == 1
+    assert "answers in frames: use the framed protocol" in lines[-2], lines
