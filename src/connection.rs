@@ -348,22 +348,23 @@ impl Connection<'_> {
                 return Ok(end);
             }
 
+            // The clock, read once per wait: timers and the idle mark share it.
+            let armed = Instant::now();
             // Nothing is buffered between messages: give the memory back.
             if inbuf.is_empty() {
                 inbuf = BytesMut::new();
             } else if message_deadline.is_none() {
-                message_deadline = config.message_timeout.map(|t| Instant::now() + t);
+                message_deadline = config.message_timeout.map(|t| armed + t);
             }
             let deadline = match message_deadline {
                 Some(at) => Some(at),
-                None => config.idle_timeout.map(|t| Instant::now() + t),
+                None => config.idle_timeout.map(|t| armed + t),
             };
             let want = read_size.max(batch.needed.min(MAX_READ_AHEAD));
-            let armed = Instant::now();
             // Idle: nothing half-received. (A handler may still be at work
             // for us; if we are chosen to make room, its reply goes first.)
             if inbuf.is_empty() {
-                self.registered.idle();
+                self.registered.idle(armed.into_std());
                 budget = None;
             }
             // A message under way may grow its buffer only within the

@@ -77,7 +77,11 @@ impl Registry {
     }
 
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64 + 1
+        self.stamp(Instant::now())
+    }
+
+    fn stamp(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
     }
 
     /// Closes the connection idle the longest, if it has been idle at least
@@ -113,9 +117,9 @@ impl Registry {
 }
 
 impl Registered<'_> {
-    /// The connection waits for a message with nothing pending.
-    pub fn idle(&self) {
-        let now = self.registry.now();
+    /// The connection waits for a message with nothing pending, since `at`.
+    pub fn idle(&self, at: Instant) {
+        let now = self.registry.stamp(at);
         let _ = self
             .entry
             .idle_since
@@ -157,8 +161,8 @@ mod tests {
         let first = registry.register(a.clone());
         let second = registry.register(b.clone());
         let third = registry.register(c.clone());
-        first.idle();
-        second.idle();
+        first.idle(Instant::now());
+        second.idle(Instant::now());
         third.busy();
         assert!(!registry.evict_longest_idle(Duration::from_secs(3600)));
         assert!(registry.evict_longest_idle(Duration::ZERO));
