@@ -17,8 +17,8 @@
 //! messages costs a few system calls, not one per 16 KiB), and a buffer is
 //! given back as soon as it empties.
 //!
-//! With a handler, the whole messages of a batch go to the dispatcher as one
-//! job; the replies go to the connection's outbox, which writes them straight
+//! With a handler, the whole messages of a batch go to the handler's runner
+//! (threads or an event loop) as one job; the replies go to the connection's outbox, which writes them straight
 //! into the socket when it can. The connection hands over no more messages
 //! (and writes no `bye`) until that job is settled, so replies stay in order
 //! and a slow handler slows only its own clients. `bye` and the echo never
@@ -44,7 +44,7 @@ use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
+use crate::runner::Runner;
 use crate::error::{Error, Result};
 use crate::idle::{Registered, Registry};
 use crate::outbox::{Delivered, Outbox};
@@ -71,7 +71,7 @@ pub(crate) struct Shared {
     /// Shared with the handler pool's outboxes, which count what they deliver.
     pub stats: Arc<Stats>,
     /// Runs the handler, when the server has one.
-    pub dispatcher: Option<Dispatcher>,
+    pub runner: Option<Runner>,
     /// Which connections are idle, for making room when the server is full.
     pub idle: Registry,
     /// The bytes half-received messages may hold, server-wide, as permits.
@@ -336,9 +336,9 @@ impl Connection<'_> {
         let mut budget: Option<OwnedSemaphorePermit> = None;
         loop {
             let allowance = self.session.max_messages.map(|max| max - answered);
-            let batch = match &shared.dispatcher {
+            let batch = match &shared.runner {
                 None => self.echo(&mut inbuf, allowance).await?,
-                Some(dispatcher) => self.dispatch(dispatcher, &mut inbuf, allowance).await?,
+                Some(runner) => self.dispatch(runner, &mut inbuf, allowance).await?,
             };
             if batch.taken > 0 {
                 answered += batch.taken;
@@ -519,7 +519,7 @@ impl Connection<'_> {
     /// writes its answer; answers the `bye` itself.
     async fn dispatch(
         &mut self,
-        dispatcher: &Dispatcher,
+        runner: &Runner,
         inbuf: &mut BytesMut,
         allowance: Option<u64>,
     ) -> Result<Batch> {
@@ -563,7 +563,7 @@ impl Connection<'_> {
             self.settle().await?;
             let outbox = self.outbox();
             outbox.begin();
-            dispatcher.submit(self.peer.clone(), data, messages, outbox);
+            runner.submit(self.peer.clone(), data, messages, outbox);
         }
         if bye || refused.is_some() || batch.end.is_some() {
             // What ends the session goes out after every reply owed.

@@ -1,8 +1,8 @@
 //! The handler dispatcher: a pool of threads that run the reply [`Handler`]
 //! for every connection, so the network threads never wait on handler code.
 //!
-//! A connection hands over a *job*, every whole message it has read, and the
-//! pool delivers the encoded replies to the connection's [`Outbox`] (which
+//! A connection hands over a [`Job`], every whole message it has read, and
+//! the pool delivers the encoded replies to the connection's outbox (which
 //! writes them straight to the socket when it can). A connection has one job
 //! in flight at a time and hands over no more until it is settled, which
 //! gives two properties for free: replies keep their order per connection,
@@ -29,19 +29,16 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use log::{error, warn};
+use log::warn;
 
 use crate::error::Error;
 use crate::handler::{Detach, Handler};
-use crate::outbox::Outbox;
-use crate::protocol::{Codec, Protocol};
+use crate::job::Job;
 use crate::stats::Load;
 
 /// A call that has run this long counts as stuck (waiting, not computing),
@@ -63,26 +60,6 @@ thread_local! {
     static SERVING: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Every whole message one connection has read, handed over at once.
-struct Job {
-    peer: Arc<str>,
-    data: Bytes,
-    messages: Vec<Range<usize>>,
-    outbox: Arc<Outbox>,
-}
-
-/// The replies to one job.
-#[derive(Debug)]
-struct Answer {
-    /// The encoded replies, in order, to the first `answered` messages.
-    out: Vec<u8>,
-    /// How many messages `out` answers.
-    answered: u64,
-    /// Why the messages after those were not answered; the connection
-    /// sends `out`, then closes.
-    error: Option<Error>,
-}
-
 /// The pool; cheap to share through an `Arc`.
 pub(crate) struct Dispatcher {
     inner: Arc<Inner>,
@@ -90,8 +67,6 @@ pub(crate) struct Dispatcher {
 
 struct Inner {
     handler: Arc<dyn Handler>,
-    codec: Codec,
-    prefix: Vec<u8>,
     max_threads: usize,
     pool: Mutex<Pool>,
     /// Idle threads wait here for jobs.
@@ -140,20 +115,11 @@ struct Worker {
 }
 
 impl Dispatcher {
-    /// A pool of at most `max_threads` threads running `handler`; replies
-    /// are encoded with `codec`, and `prefix` makes the echo a handler asks
-    /// for by returning nothing.
-    pub fn new(
-        handler: Arc<dyn Handler>,
-        codec: Codec,
-        prefix: Vec<u8>,
-        max_threads: usize,
-    ) -> Self {
+    /// A pool of at most `max_threads` threads running `handler`.
+    pub fn new(handler: Arc<dyn Handler>, max_threads: usize) -> Self {
         Dispatcher {
             inner: Arc::new(Inner {
                 handler,
-                codec,
-                prefix,
                 max_threads: max_threads.max(1),
                 pool: Mutex::default(),
                 work: Condvar::new(),
@@ -165,24 +131,12 @@ impl Dispatcher {
         }
     }
 
-    /// Queues `messages` (ranges of `data`) from `peer`; the replies go to
-    /// `outbox`, which the caller has marked as having a job in flight.
-    pub fn submit(
-        &self,
-        peer: Arc<str>,
-        data: Bytes,
-        messages: Vec<Range<usize>>,
-        outbox: Arc<Outbox>,
-    ) {
+    /// Queues `job`.
+    pub fn submit(&self, job: Job) {
         let inner = &self.inner;
         let mut pool = inner.lock();
-        pool.queued_messages += messages.len();
-        pool.jobs.push_back(Job {
-            peer,
-            data,
-            messages,
-            outbox,
-        });
+        pool.queued_messages += job.len();
+        pool.jobs.push_back(job);
         pool.submitted += 1;
         inner.waiting.store(pool.jobs.len(), Relaxed);
         if pool.idle > pool.waking {
@@ -285,9 +239,9 @@ impl Inner {
                     // Nobody would ever answer: say so to everyone waiting.
                     pool.queued_messages = 0;
                     self.waiting.store(0, Relaxed);
-                    for job in pool.jobs.drain(..) {
-                        let failed = Error::Handler(format!("no handler thread could start: {e}"));
-                        job.outbox.deliver(Vec::new(), 0, Some(failed), false);
+                    for mut job in pool.jobs.drain(..) {
+                        job.fail(Error::Handler(format!("no handler thread could start: {e}")));
+                        job.settle(false);
                     }
                 }
                 return;
@@ -317,21 +271,19 @@ impl Inner {
         let handler = self.handler.clone();
         handler.enter(&mut |detach| {
             loop {
-                let job = match self.take() {
+                let mut job = match self.take() {
                     Some(job) => job,
                     None => match self.wait(detach) {
                         Some(job) => job,
                         None => return,
                     },
                 };
-                let answer = self.answer(&job, worker);
+                self.answer(&mut job, worker);
                 // With nothing else waiting, latency is what counts: write the
                 // replies from here and spare the connection a wake-up. With a
                 // backlog, this thread's time is what counts: the network
                 // threads write, several at once, while this one goes on.
-                let write = self.waiting.load(Relaxed) == 0;
-                job.outbox
-                    .deliver(answer.out, answer.answered, answer.error, write);
+                job.settle(self.waiting.load(Relaxed) == 0);
             }
         });
     }
@@ -340,7 +292,7 @@ impl Inner {
     fn take(&self) -> Option<Job> {
         let mut pool = self.lock();
         let job = pool.jobs.pop_front()?;
-        pool.queued_messages -= job.messages.len();
+        pool.queued_messages -= job.len();
         self.waiting.store(pool.jobs.len(), Relaxed);
         Some(job)
     }
@@ -352,7 +304,7 @@ impl Inner {
             let mut pool = self.lock();
             loop {
                 if let Some(next) = pool.jobs.pop_front() {
-                    pool.queued_messages -= next.messages.len();
+                    pool.queued_messages -= next.len();
                     self.waiting.store(pool.jobs.len(), Relaxed);
                     job = Some(next);
                     return;
@@ -376,61 +328,22 @@ impl Inner {
         job
     }
 
-    /// Runs the handler on every message of `job` and encodes the replies;
-    /// stops at the first failure.
-    fn answer(&self, job: &Job, worker: &Worker) -> Answer {
-        let mut out = Vec::new();
-        let mut answered = 0;
-        for range in &job.messages {
-            let message = &job.data[range.clone()];
+    /// Runs the handler on every message of `job`, stopping at the first
+    /// failure.
+    fn answer(&self, job: &mut Job, worker: &Worker) {
+        while let Some(message) = job.next() {
             let started = self.epoch.elapsed().as_nanos() as u64 + 1;
             worker.call_started.store(started, Relaxed);
-            let reply = self.handler.reply(&job.peer, message);
+            let reply = self.handler.reply(job.peer(), message);
             worker.call_started.store(0, Relaxed);
-            let encoded = match reply {
-                Ok(Some(reply)) => self.encode(&job.peer, &reply, &mut out),
-                Ok(None) => self.codec.encode(&[&self.prefix, message], &mut out),
-                // The handler has logged its own failure.
-                Err(e) => Err(Error::Handler(e)),
+            let go_on = match reply {
+                Ok(reply) => job.answer(Ok(reply.as_deref())),
+                Err(e) => job.answer(Err(e)),
             };
-            if let Err(error) = encoded {
-                return Answer {
-                    out,
-                    answered,
-                    error: Some(error),
-                };
+            if !go_on {
+                break;
             }
-            answered += 1;
         }
-        Answer {
-            out,
-            answered,
-            error: None,
-        }
-    }
-
-    /// Encodes a handler's own reply, refusing what the protocol cannot
-    /// carry: an empty raw message (the client would wait for ever) and a
-    /// framed one over the size limit (the client would have to refuse it).
-    fn encode(&self, peer: &str, reply: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-        let refused = match self.codec.protocol() {
-            Protocol::Raw if reply.is_empty() => Some(Error::Handler(
-                "the handler returned an empty reply, which the raw protocol cannot carry".into(),
-            )),
-            Protocol::Framed if reply.len() > self.codec.max_message_size() => {
-                Some(Error::MessageTooLarge {
-                    size: reply.len(),
-                    limit: self.codec.max_message_size(),
-                    hint: " (the handler's reply)",
-                })
-            }
-            _ => None,
-        };
-        if let Some(e) = refused {
-            error!(target: "sockdemo::handler", "Handler reply to {peer} refused: {e}");
-            return Err(e);
-        }
-        self.codec.encode(&[reply], out)
     }
 
     /// Adds a thread whenever jobs wait behind threads that are all stuck.
@@ -498,6 +411,8 @@ impl Drop for Leave<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::testing::{self, Pending, wait};
+    use crate::protocol::Protocol;
     use std::sync::atomic::AtomicUsize;
 
     /// Upper-cases, or sleeps on "slow", or fails on "fail".
@@ -521,49 +436,33 @@ mod tests {
         }
     }
 
-    fn pool(protocol: Protocol, max_threads: usize) -> crate::Result<Dispatcher> {
-        let codec = Codec::new(protocol, 1024, 8)?;
+    /// A pool whose jobs are encoded for `protocol`.
+    struct TestPool {
+        dispatcher: Dispatcher,
+        protocol: Protocol,
+    }
+
+    impl std::ops::Deref for TestPool {
+        type Target = Dispatcher;
+        fn deref(&self) -> &Dispatcher {
+            &self.dispatcher
+        }
+    }
+
+    fn pool(protocol: Protocol, max_threads: usize) -> crate::Result<TestPool> {
         let handler = Arc::new(Upper {
             calls: AtomicUsize::new(0),
         });
-        Ok(Dispatcher::new(handler, codec, b"> ".to_vec(), max_threads))
-    }
-
-    /// A job in flight, with the counters its outbox reports to.
-    struct Pending {
-        outbox: Arc<Outbox>,
-        stats: Arc<crate::stats::Stats>,
-    }
-
-    fn job(d: &Dispatcher, messages: &[&[u8]]) -> Pending {
-        let data: Vec<u8> = messages.concat();
-        let mut at = 0;
-        let ranges = messages
-            .iter()
-            .map(|m| {
-                at += m.len();
-                at - m.len()..at
-            })
-            .collect();
-        // No socket: every answer is handed back, as under TLS.
-        let stats = Arc::new(crate::stats::Stats::default());
-        let outbox = Arc::new(Outbox::new(None, stats.clone()));
-        outbox.begin();
-        d.submit("peer".into(), Bytes::from(data), ranges, outbox.clone());
-        Pending { outbox, stats }
-    }
-
-    /// Waits for the job's answer, in the shape the pool produced it.
-    fn wait(pending: Pending) -> crate::Result<Answer> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let delivered = runtime.block_on(pending.outbox.settled());
-        Ok(Answer {
-            answered: pending.stats.snapshot().messages,
-            out: delivered.unwritten,
-            error: delivered.error,
+        Ok(TestPool {
+            dispatcher: Dispatcher::new(handler, max_threads),
+            protocol,
         })
+    }
+
+    fn job(d: &TestPool, messages: &[&[u8]]) -> Pending {
+        let (job, pending) = testing::job(d.protocol, messages);
+        d.submit(job);
+        pending
     }
 
     #[test]
@@ -627,7 +526,7 @@ mod tests {
         let quick = wait(job(&d, &[b"quick"]))?;
         assert_eq!(quick.out, b"QUICK");
         // The only thread answered the slow job before it took the quick one.
-        assert_eq!(slow.outbox.take().unwritten, b"SLOW");
+        assert_eq!(slow.take().unwritten, b"SLOW");
         assert_eq!(d.load().threads, 1);
         Ok(())
     }
@@ -647,8 +546,10 @@ mod tests {
 
     #[test]
     fn a_busy_handler_does_not_grow_the_pool() -> crate::Result<()> {
-        let codec = Codec::new(Protocol::Raw, 1024, 8)?;
-        let d = Dispatcher::new(Arc::new(Busy), codec, Vec::new(), 4);
+        let d = TestPool {
+            dispatcher: Dispatcher::new(Arc::new(Busy), 4),
+            protocol: Protocol::Raw,
+        };
         // 60 jobs of 1 ms queue up for a dozen of the watchdog's looks.
         let jobs: Vec<Pending> = (0..60).map(|_| job(&d, &[b"x"])).collect();
         for pending in jobs {

@@ -15,8 +15,12 @@
 //!   the blocking [`server::Server`] handle Python drives.
 //! * `connection`: one client's session: buffers, timeouts, replies.
 //! * [`handler`]: what a reply handler is, for code that decides the replies.
+//! * [`runner`]: who runs the handler: the thread pool, or an event loop.
+//! * [`job`]: the messages handed to a handler, and the rules of its replies.
 //! * [`dispatch`](mod@dispatch): the pool of threads that runs a handler off
 //!   the network threads, in order per connection, with back-pressure.
+//! * [`handoff`]: jobs for an event loop in another thread, woken once per
+//!   batch.
 //! * `outbox`: where a connection's handler replies go, straight into its
 //!   socket when the handler thread can write them there.
 //! * `idle`: which connections are idle, so a full server can make room for
@@ -36,9 +40,12 @@ mod connection;
 pub mod dispatch;
 pub mod error;
 pub mod handler;
+pub mod handoff;
 mod idle;
+pub mod job;
 mod outbox;
 pub mod protocol;
+pub mod runner;
 pub mod server;
 pub mod stats;
 pub mod tls;

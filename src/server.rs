@@ -33,9 +33,10 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Config, Mode};
 use crate::connection::{self, Session, Shared};
-use crate::dispatch::Dispatcher;
+use crate::runner::Runner;
 use crate::error::{Error, Result};
 pub use crate::handler::Handler;
+pub use crate::runner::Handling;
 use crate::idle::Registry;
 use crate::protocol::Codec;
 use crate::stats::Snapshot;
@@ -117,8 +118,8 @@ pub(crate) async fn run(
     }
     tracker.wait().await;
     // Every connection is done: idle handler threads may go.
-    if let Some(dispatcher) = &shared.dispatcher {
-        dispatcher.close();
+    if let Some(runner) = &shared.runner {
+        runner.close();
     }
     result
 }
@@ -296,7 +297,7 @@ impl Server {
         host: &str,
         port: u16,
         config: Config,
-        handler: Option<Arc<dyn Handler>>,
+        handling: Option<Handling>,
     ) -> Result<Self> {
         if config.max_clients == 0 {
             return Err(Error::invalid("max_clients must be at least 1"));
@@ -310,9 +311,9 @@ impl Server {
         let codec = Codec::new(config.protocol, config.buffer_size, config.max_message_size)?;
         let listener = bind(host, port, config.backlog)?;
         let local_addr = listener.local_addr()?;
-        let dispatcher = handler.map(|handler| {
-            Dispatcher::new(
-                handler,
+        let runner = handling.map(|handling| {
+            Runner::new(
+                handling,
                 codec,
                 config.reply_prefix.clone(),
                 config.handler_threads,
@@ -325,7 +326,7 @@ impl Server {
             buffered: Arc::new(Semaphore::new(
                 config.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
             )),
-            dispatcher,
+            runner,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             message_level: if config.max_clients == 1 {
                 Level::Info
@@ -358,8 +359,8 @@ impl Server {
     /// The server's counters now, with the handler pool's load.
     pub fn stats(&self) -> Snapshot {
         let mut snapshot = self.shared.stats.snapshot();
-        if let Some(dispatcher) = &self.shared.dispatcher {
-            snapshot.handler = dispatcher.load();
+        if let Some(runner) = &self.shared.runner {
+            snapshot.handler = runner.load();
         }
         snapshot
     }
@@ -398,8 +399,8 @@ impl Server {
         };
         let runtime = state.runtime.insert(runtime);
         let listener = listener?;
-        if let Some(dispatcher) = &self.shared.dispatcher {
-            dispatcher.open();
+        if let Some(runner) = &self.shared.runner {
+            runner.open();
         }
         let shutdown = CancellationToken::new();
         let done = Arc::new(Completion::default());
@@ -474,20 +475,20 @@ impl Server {
             runtime.shutdown_background();
         }
         drop(state);
-        if let Some(dispatcher) = &self.shared.dispatcher
+        if let Some(runner) = &self.shared.runner
             && !self.on_handler_thread()
         {
-            dispatcher.close();
-            dispatcher.join_idle();
+            runner.close();
+            runner.join_idle();
         }
     }
 
     /// Is the caller one of this server's own handler threads?
     pub fn on_handler_thread(&self) -> bool {
         self.shared
-            .dispatcher
+            .runner
             .as_ref()
-            .is_some_and(Dispatcher::is_current_thread)
+            .is_some_and(Runner::is_current_thread)
     }
 }
 

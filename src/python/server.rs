@@ -18,7 +18,7 @@ use super::errors::to_py;
 use super::handler::PyHandler;
 use crate::client::TICK;
 use crate::config::{self, Config, Mode};
-use crate::handler::Handler;
+use crate::runner::Handling;
 use crate::protocol;
 use crate::server;
 use crate::tls;
@@ -112,7 +112,7 @@ impl Server {
                 .unwrap_or_default(),
             ..Config::default()
         };
-        let handler = handler.map(|h| Arc::new(PyHandler(h)) as Arc<dyn Handler>);
+        let handler = handler.map(|h| Handling::Threads(Arc::new(PyHandler(h))));
         let inner = py
             .detach(|| server::Server::bind(&host, port, config, handler))
             .map_err(|e| to_py(py, e, None))?;

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sockdemo::server::{Config, Handler, Mode, Server};
+use sockdemo::server::{Config, Handler, Handling, Mode, Server};
 
 pub const PREFIX: &[u8] = b"Server received: ";
 pub const BYE: &[u8] = b"Server acknowledging bye. Goodbye!";
@@ -38,7 +38,7 @@ pub fn start(config: Config) -> Running {
 }
 
 pub fn start_with(config: Config, handler: Option<Arc<dyn Handler>>) -> Running {
-    let server = Server::bind("127.0.0.1", 0, config, handler).unwrap();
+    let server = Server::bind("127.0.0.1", 0, config, handler.map(Handling::from)).unwrap();
     server.start(Mode::Forever).unwrap();
     Running(server)
 }

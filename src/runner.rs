@@ -1,0 +1,120 @@
+//! Who runs a server's handler: a pool of threads, or an event loop.
+//!
+//! A server built with [`Handling::Threads`] runs a [`Handler`] on its own
+//! pool of handler threads (`dispatch`); one built with [`Handling::Loop`]
+//! queues its jobs in a [`Handoff`] for an event loop that some other code
+//! runs (`sockdemo.aio` runs asyncio's). Connections and the server see one
+//! [`Runner`] either way: they submit jobs, and open and close it with the
+//! server.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::dispatch::Dispatcher;
+use crate::handler::Handler;
+use crate::handoff::Handoff;
+use crate::job::{Job, Replies};
+use crate::outbox::Outbox;
+use crate::protocol::Codec;
+use crate::stats::Load;
+
+/// How a server runs its handler.
+#[derive(Clone)]
+pub enum Handling {
+    /// On a pool of handler threads, at most `Config::handler_threads`.
+    Threads(Arc<dyn Handler>),
+    /// On an event loop that takes the jobs from this handoff.
+    Loop(Arc<Handoff>),
+}
+
+impl From<Arc<dyn Handler>> for Handling {
+    fn from(handler: Arc<dyn Handler>) -> Self {
+        Handling::Threads(handler)
+    }
+}
+
+/// A server's handler runner, shared by its connections.
+pub(crate) struct Runner {
+    replies: Arc<Replies>,
+    kind: Kind,
+}
+
+enum Kind {
+    Pool(Dispatcher),
+    Loop(Arc<Handoff>),
+}
+
+impl Runner {
+    /// Runs as `handling` says; replies are encoded with `codec`, and
+    /// `prefix` makes the echo a handler asks for by answering nothing.
+    pub fn new(handling: Handling, codec: Codec, prefix: Vec<u8>, max_threads: usize) -> Self {
+        let kind = match handling {
+            Handling::Threads(handler) => Kind::Pool(Dispatcher::new(handler, max_threads)),
+            Handling::Loop(handoff) => Kind::Loop(handoff),
+        };
+        Runner {
+            replies: Arc::new(Replies { codec, prefix }),
+            kind,
+        }
+    }
+
+    /// Hands over `messages` (ranges of `data`) from `peer`; the replies go
+    /// to `outbox`, which the caller has marked as having a job in flight.
+    pub fn submit(
+        &self,
+        peer: Arc<str>,
+        data: Bytes,
+        messages: Vec<Range<usize>>,
+        outbox: Arc<Outbox>,
+    ) {
+        let job = Job::new(peer, data, messages, self.replies.clone(), outbox);
+        match &self.kind {
+            Kind::Pool(pool) => pool.submit(job),
+            Kind::Loop(handoff) => handoff.submit(job),
+        }
+    }
+
+    /// The server starts serving (again).
+    pub fn open(&self) {
+        match &self.kind {
+            Kind::Pool(pool) => pool.open(),
+            Kind::Loop(handoff) => handoff.reopen(),
+        }
+    }
+
+    /// The server has finished serving: idle threads may leave, the loop is
+    /// told.
+    pub fn close(&self) {
+        match &self.kind {
+            Kind::Pool(pool) => pool.close(),
+            Kind::Loop(handoff) => handoff.finish(),
+        }
+    }
+
+    /// Waits briefly for idle handler threads to leave after a close.
+    pub fn join_idle(&self) {
+        if let Kind::Pool(pool) = &self.kind {
+            pool.join_idle();
+        }
+    }
+
+    /// Is the caller running this server's handler (a pool thread, or the
+    /// loop's thread)? Waiting there for the server to stop would wait for
+    /// the caller itself.
+    pub fn is_current_thread(&self) -> bool {
+        match &self.kind {
+            Kind::Pool(pool) => pool.is_current_thread(),
+            Kind::Loop(handoff) => handoff.is_current_thread(),
+        }
+    }
+
+    /// Jobs waiting and threads at work now.
+    pub fn load(&self) -> Load {
+        match &self.kind {
+            Kind::Pool(pool) => pool.load(),
+            Kind::Loop(handoff) => handoff.load(),
+        }
+    }
+}
