@@ -99,14 +99,7 @@ impl Client {
         interrupt: Interrupt<'_>,
     ) -> Result<Self> {
         let codec = Codec::new(config.protocol, config.buffer_size, config.max_message_size)?;
-        let reply_codec = Codec::new(
-            config.protocol,
-            config.buffer_size,
-            config
-                .max_message_size
-                .saturating_add(REPLY_ALLOWANCE)
-                .min(crate::protocol::MAX_FRAME_LEN),
-        )?;
+        let reply_codec = reply_codec(&config)?;
         let deadline = config.timeout.map(|t| Instant::now() + t);
         let connect_limit = config.timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let mut last = None;
@@ -219,39 +212,13 @@ impl Client {
             if n == 0 {
                 return Err(Error::Closed);
             }
-            self.refuse_tls(&self.inbuf[..n])?;
             let reply = &self.inbuf[..n];
-            // A length that announces exactly the rest: the server frames.
-            if let Some(header) = reply.first_chunk::<4>()
-                && header[0] == 0
-                && u32::from_be_bytes(*header) as usize == n - 4
-            {
-                return Err(Error::Protocol(format!(
-                    "the server at {} answers in frames: use the framed protocol",
-                    self.peer
-                )));
-            }
+            check_raw_reply(reply, self.peer, self.is_tls())?;
             return Ok(reply.to_vec());
         }
         loop {
             let received = &self.inbuf[..self.filled];
-            self.refuse_tls(received)?;
-            let decoded = self.reply_codec.decode(received).map_err(|e| match e {
-                // Text where a length should be: the server does not frame.
-                Error::MessageTooLarge { .. }
-                    if received[..4]
-                        .iter()
-                        .all(|b| b.is_ascii_graphic() || *b == b' ') =>
-                {
-                    Error::Protocol(format!(
-                        "the server at {} does not answer in frames (its reply starts {:?}): \
-                         use the raw protocol",
-                        self.peer,
-                        String::from_utf8_lossy(&received[..4])
-                    ))
-                }
-                other => other,
-            })?;
+            let decoded = decode_framed_reply(&self.reply_codec, received, self.peer, self.is_tls())?;
             let needed = match decoded {
                 Decoded::Message(frame) => {
                     let reply = received[frame.payload.clone()].to_vec();
@@ -278,19 +245,6 @@ impl Client {
             }
             self.filled += n;
         }
-    }
-
-    /// A plaintext client that finds a TLS record where a reply should start
-    /// is talking to a TLS server: say so, instead of handing the alert back
-    /// as a reply (raw) or refusing an absurd frame length (framed).
-    fn refuse_tls(&self, reply: &[u8]) -> Result<()> {
-        if !self.is_tls() && crate::protocol::looks_like_tls(reply) {
-            return Err(Error::Protocol(format!(
-                "the server at {} speaks TLS: connect with a CA file (cafile=..., --cafile)",
-                self.peer
-            )));
-        }
-        Ok(())
     }
 
     /// Closes the connection (with close_notify under TLS). Best effort.
@@ -390,6 +344,73 @@ fn handshake(
             Err(e) if is_tick(&e) => tick(deadline, timeout, interrupt)?,
             Err(e) => return Err(Error::from_io(e)),
         }
+    }
+    Ok(())
+}
+
+/// The codec a client reads replies with: framed replies may exceed the
+/// largest message by the server's prefix.
+pub(crate) fn reply_codec(config: &Config) -> Result<Codec> {
+    Codec::new(
+        config.protocol,
+        config.buffer_size,
+        config
+            .max_message_size
+            .saturating_add(REPLY_ALLOWANCE)
+            .min(crate::protocol::MAX_FRAME_LEN),
+    )
+}
+
+/// Checks one raw reply from `peer`: a reply that is really a TLS record or
+/// a frame means the client speaks the wrong way, and says so.
+pub(crate) fn check_raw_reply(reply: &[u8], peer: SocketAddr, tls: bool) -> Result<()> {
+    refuse_tls(reply, peer, tls)?;
+    // A length that announces exactly the rest: the server frames.
+    if let Some(header) = reply.first_chunk::<4>()
+        && header[0] == 0
+        && u32::from_be_bytes(*header) as usize == reply.len() - 4
+    {
+        return Err(Error::Protocol(format!(
+            "the server at {peer} answers in frames: use the framed protocol"
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes the framed reply at the start of `received` from `peer`, saying
+/// plainly when the server turns out to speak raw text or TLS.
+pub(crate) fn decode_framed_reply(
+    codec: &Codec,
+    received: &[u8],
+    peer: SocketAddr,
+    tls: bool,
+) -> Result<Decoded> {
+    refuse_tls(received, peer, tls)?;
+    codec.decode(received).map_err(|e| match e {
+        // Text where a length should be: the server does not frame.
+        Error::MessageTooLarge { .. }
+            if received[..4]
+                .iter()
+                .all(|b| b.is_ascii_graphic() || *b == b' ') =>
+        {
+            Error::Protocol(format!(
+                "the server at {peer} does not answer in frames (its reply starts {:?}): \
+                 use the raw protocol",
+                String::from_utf8_lossy(&received[..4])
+            ))
+        }
+        other => other,
+    })
+}
+
+/// A plaintext client that finds a TLS record where a reply should start
+/// is talking to a TLS server: say so, instead of handing the alert back
+/// as a reply (raw) or refusing an absurd frame length (framed).
+fn refuse_tls(reply: &[u8], peer: SocketAddr, tls: bool) -> Result<()> {
+    if !tls && crate::protocol::looks_like_tls(reply) {
+        return Err(Error::Protocol(format!(
+            "the server at {peer} speaks TLS: connect with a CA file (cafile=..., --cafile)"
+        )));
     }
     Ok(())
 }

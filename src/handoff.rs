@@ -126,6 +126,12 @@ impl Handoff {
         self.lock().finished
     }
 
+    /// The calling thread is the loop's, the one that takes the jobs (as
+    /// the first [`Handoff::take`] would tell).
+    pub fn claim(&self) {
+        self.lock().taker = Some(thread::current().id());
+    }
+
     /// Is the caller the thread that takes the jobs?
     pub fn is_current_thread(&self) -> bool {
         self.lock().taker == Some(thread::current().id())

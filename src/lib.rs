@@ -26,6 +26,7 @@
 //! * `idle`: which connections are idle, so a full server can make room for
 //!   a waiting client.
 //! * [`client`]: the blocking client.
+//! * [`loop_client`]: a client for someone else's event loop (asyncio's).
 //! * [`tls`]: rustls configurations from PEM files, development certificates.
 //! * [`bench`](mod@bench): the load generator.
 //! * [`stats`]: the counters a server keeps.
@@ -43,6 +44,7 @@ pub mod handler;
 pub mod handoff;
 mod idle;
 pub mod job;
+pub mod loop_client;
 mod outbox;
 pub mod protocol;
 pub mod runner;

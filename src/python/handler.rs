@@ -60,7 +60,7 @@ impl PyHandler {
 
 /// Logs a handler's exception under `sockdemo.handler` with its traceback,
 /// formatted by Python's own logging; returns its text.
-fn log_failure(py: Python<'_>, peer: &str, err: PyErr) -> String {
+pub(super) fn log_failure(py: Python<'_>, peer: &str, err: PyErr) -> String {
     let text = err.to_string();
     let logged = py
         .import("logging")

@@ -9,6 +9,8 @@
 //! * `handler`: a Python callable as the reply handler, on threads that stay
 //!   attached to the interpreter;
 //! * `server`, `client`: the `Server` and `Client` classes;
+//! * `loop_handler`, `loop_client`: what `sockdemo.aio` builds on: a
+//!   handler run on an asyncio loop, and a client the loop drives;
 //! * `bench`: the load generator and development certificates.
 //!
 //! Every network wait runs inside `py.detach(...)`, woken at least every
@@ -19,6 +21,8 @@ mod client;
 mod convert;
 mod errors;
 mod handler;
+mod loop_client;
+mod loop_handler;
 mod server;
 
 use pyo3::prelude::*;
@@ -39,6 +43,9 @@ fn _sockdemo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add_class::<server::Server>()?;
     m.add_class::<client::Client>()?;
+    m.add_class::<loop_handler::LoopHandler>()?;
+    m.add_class::<loop_handler::PendingJob>()?;
+    m.add_class::<loop_client::LoopClient>()?;
     m.add_function(wrap_pyfunction!(bench::generate_self_signed, m)?)?;
     m.add_function(wrap_pyfunction!(bench::run_bench, m)?)?;
     m.add_function(wrap_pyfunction!(server::_shutdown_all, m)?)?;

@@ -16,6 +16,7 @@ use pyo3::types::{PyDict, PyTuple};
 use super::convert::{address, parse_protocol, seconds};
 use super::errors::to_py;
 use super::handler::PyHandler;
+use super::loop_handler::LoopHandler;
 use crate::client::TICK;
 use crate::config::{self, Config, Mode};
 use crate::runner::Handling;
@@ -90,11 +91,6 @@ impl Server {
             (None, Some(_)) => return Err(PyValueError::new_err("keyfile needs a certfile")),
             (None, None) => None,
         };
-        if let Some(handler) = &handler
-            && !handler.bind(py).is_callable()
-        {
-            return Err(PyTypeError::new_err("handler must be callable"));
-        }
         let config = Config {
             max_clients,
             protocol: parse_protocol(protocol)?,
@@ -112,7 +108,7 @@ impl Server {
                 .unwrap_or_default(),
             ..Config::default()
         };
-        let handler = handler.map(|h| Handling::Threads(Arc::new(PyHandler(h))));
+        let handler = handler.map(|h| handling(py, h)).transpose()?;
         let inner = py
             .detach(|| server::Server::bind(&host, port, config, handler))
             .map_err(|e| to_py(py, e, None))?;
@@ -255,6 +251,19 @@ impl Server {
             }
         }
     }
+}
+
+/// How the server runs `handler`: on an event loop if it is a
+/// `LoopHandler` (`sockdemo.aio` makes one), else on handler threads.
+fn handling(py: Python<'_>, handler: Py<PyAny>) -> PyResult<Handling> {
+    let handler = handler.into_bound(py);
+    if let Ok(on_loop) = handler.cast::<LoopHandler>() {
+        return Ok(Handling::Loop(on_loop.get().handoff.clone()));
+    }
+    if !handler.is_callable() {
+        return Err(PyTypeError::new_err("handler must be callable"));
+    }
+    Ok(Handling::Threads(Arc::new(PyHandler(handler.unbind()))))
 }
 
 /// Stops every server still running; registered with `atexit`.

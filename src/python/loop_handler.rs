@@ -1,0 +1,245 @@
+//! A handler run on an asyncio event loop: the bridge under
+//! `sockdemo.aio.start_server`.
+//!
+//! `sockdemo.aio` watches [`LoopHandler::fileno`] with `loop.add_reader` and
+//! calls [`LoopHandler::run`] whenever it is readable; every job queued
+//! since the last call is answered in that one call (see `handoff`).
+//!
+//! A handler's result is used as it comes:
+//!
+//! * `str`, `bytes` or `None` is the reply, as for the threaded server;
+//! * a coroutine is started right here: one that finishes without
+//!   suspending (the common case: nothing to await, or a cache hit) is
+//!   answered at once, with no Task made for it; one that suspends is
+//!   handed, with its job, to the `follow` callable `sockdemo.aio` gave,
+//!   which finishes it in a Task and calls [`PendingJob::resume`];
+//! * any other awaitable goes to `follow` unstarted.
+//!
+//! Replies are written from the loop's thread straight into the socket when
+//! it takes them (see `outbox`), as asyncio's own transports write.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyStopIteration, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString, PyType};
+
+use super::convert::{decode_text, encode_text};
+use super::handler::log_failure;
+use crate::error::Error;
+use crate::handoff::Handoff;
+use crate::job::Job;
+
+/// Runs `handler` for a server's jobs on the event loop that calls `run`.
+#[pyclass(frozen, module = "sockdemo._sockdemo")]
+pub(super) struct LoopHandler {
+    pub(super) handoff: Arc<Handoff>,
+    handler: Py<PyAny>,
+    /// `follow(job, awaitable, started, waiting)`: finishes a handler that
+    /// suspended (or an awaitable not yet started) in a Task.
+    follow: Py<PyAny>,
+    coroutine: Py<PyType>,
+}
+
+/// What one call of the handler gave.
+enum Called<'py> {
+    /// A reply, ready now (`None`: the echo).
+    Reply(Option<Cow<'py, [u8]>>),
+    /// A coroutine that suspended, waiting on `waiting`.
+    Suspended {
+        coroutine: Bound<'py, PyAny>,
+        waiting: Bound<'py, PyAny>,
+    },
+    /// An awaitable that is not a coroutine, not yet started.
+    Awaitable(Bound<'py, PyAny>),
+}
+
+#[pymethods]
+impl LoopHandler {
+    #[new]
+    fn new(py: Python<'_>, handler: Py<PyAny>, follow: Py<PyAny>) -> PyResult<Self> {
+        if !handler.bind(py).is_callable() {
+            return Err(PyTypeError::new_err("handler must be callable"));
+        }
+        let handoff = Handoff::new().map_err(|e| super::errors::to_py(py, e.into(), None))?;
+        // Made on the loop's thread: a stop asked from it only asks.
+        handoff.claim();
+        Ok(LoopHandler {
+            handoff: Arc::new(handoff),
+            handler,
+            follow,
+            coroutine: py
+                .import("types")?
+                .getattr("CoroutineType")?
+                .cast_into::<PyType>()?
+                .unbind(),
+        })
+    }
+
+    /// The descriptor to watch for reading.
+    fn fileno(&self) -> i32 {
+        self.handoff.fd()
+    }
+
+    /// Answers every job queued since the last call; returns whether the
+    /// server has finished serving.
+    fn run(slf: &Bound<'_, Self>) -> bool {
+        let this = slf.get();
+        for job in this.handoff.take() {
+            this.advance(slf, job);
+        }
+        this.handoff.is_finished()
+    }
+}
+
+impl LoopHandler {
+    /// Answers `job`'s messages in order until it is done, or one suspends.
+    fn advance(&self, slf: &Bound<'_, Self>, mut job: Job) {
+        let py = slf.py();
+        while let Some(message) = job.next() {
+            let go_on = match self.call(py, message) {
+                Ok(Called::Reply(reply)) => job.answer(Ok(reply.as_deref())),
+                Ok(Called::Suspended { coroutine, waiting }) => {
+                    return self.suspend(slf, job, coroutine, true, waiting);
+                }
+                Ok(Called::Awaitable(awaitable)) => {
+                    return self.suspend(slf, job, awaitable, false, py.None().into_bound(py));
+                }
+                Err(e) => {
+                    let failed = log_failure(py, job.peer(), e);
+                    job.answer(Err(failed))
+                }
+            };
+            if !go_on {
+                break;
+            }
+        }
+        job.settle(true);
+    }
+
+    /// Calls the handler with `message` and starts what it returns.
+    fn call<'py>(&self, py: Python<'py>, message: &[u8]) -> PyResult<Called<'py>> {
+        let result = self.handler.bind(py).call1((decode_text(py, message)?,))?;
+        if result.is_instance(self.coroutine.bind(py))? {
+            return match result.call_method1("send", (py.None(),)) {
+                Ok(waiting) => Ok(Called::Suspended {
+                    coroutine: result,
+                    waiting,
+                }),
+                Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
+                    let value = e.value(py).getattr("value")?;
+                    reply_bytes(value).map(Called::Reply)
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if !result.is_none()
+            && !result.is_instance_of::<PyString>()
+            && !result.is_instance_of::<PyBytes>()
+            && result.hasattr("__await__")?
+        {
+            return Ok(Called::Awaitable(result));
+        }
+        reply_bytes(result).map(Called::Reply)
+    }
+
+    /// Hands a job whose handler is waiting to `follow`, which finishes it
+    /// in a Task. Should that fail, the job is settled as failed when
+    /// dropped, and its connection closes.
+    fn suspend(
+        &self,
+        slf: &Bound<'_, Self>,
+        job: Job,
+        awaitable: Bound<'_, PyAny>,
+        started: bool,
+        waiting: Bound<'_, PyAny>,
+    ) {
+        let py = slf.py();
+        let peer = job.peer().to_owned();
+        let pending = PendingJob {
+            job: Some(job),
+            owner: slf.clone().unbind(),
+        };
+        let followed = Py::new(py, pending).and_then(|pending| {
+            self.follow
+                .bind(py)
+                .call1((pending, awaitable, started, waiting))
+        });
+        if let Err(e) = followed {
+            log_failure(py, &peer, e);
+        }
+    }
+}
+
+/// A reply as bytes: `str` encoded, `bytes` as they are, `None` the echo.
+fn reply_bytes(reply: Bound<'_, PyAny>) -> PyResult<Option<Cow<'_, [u8]>>> {
+    if reply.is_none() {
+        Ok(None)
+    } else if let Ok(text) = reply.cast::<PyString>() {
+        encode_text(text).map(|b| Some(Cow::Owned(b)))
+    } else if let Ok(bytes) = reply.cast::<PyBytes>() {
+        Ok(Some(Cow::Owned(bytes.as_bytes().to_vec())))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "handler must return str, bytes or None, not {}",
+            reply.get_type().name()?
+        )))
+    }
+}
+
+/// A job whose handler is running in a Task.
+#[pyclass(module = "sockdemo._sockdemo")]
+pub(super) struct PendingJob {
+    job: Option<Job>,
+    owner: Py<LoopHandler>,
+}
+
+#[pymethods]
+impl PendingJob {
+    /// The client's address, as a string.
+    #[getter]
+    fn peer(&self) -> Option<&str> {
+        self.job.as_ref().map(Job::peer)
+    }
+
+    /// The handler returned `reply`: answers with it and goes on with the
+    /// job's next messages.
+    fn resume(&mut self, py: Python<'_>, reply: Bound<'_, PyAny>) {
+        let Some(mut job) = self.job.take() else {
+            return;
+        };
+        let go_on = match reply_bytes(reply) {
+            Ok(reply) => job.answer(Ok(reply.as_deref())),
+            Err(e) => {
+                let failed = log_failure(py, job.peer(), e);
+                job.answer(Err(failed))
+            }
+        };
+        if go_on {
+            let owner = self.owner.bind(py);
+            owner.get().advance(owner, job);
+        } else {
+            job.settle(true);
+        }
+    }
+
+    /// The handler raised `error`: logs it, and its connection closes once
+    /// the replies before are out.
+    fn fail(&mut self, py: Python<'_>, error: Bound<'_, PyAny>) {
+        if let Some(mut job) = self.job.take() {
+            let failed = log_failure(py, job.peer(), PyErr::from_value(error));
+            job.answer(Err(failed));
+            job.settle(true);
+        }
+    }
+
+    /// The handler was cancelled (the server is closing): its connection
+    /// closes without a word.
+    fn cancel(&mut self) {
+        if let Some(mut job) = self.job.take() {
+            job.fail(Error::Handler("the handler was cancelled".into()));
+            job.settle(false);
+        }
+    }
+}
