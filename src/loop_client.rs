@@ -78,10 +78,13 @@ impl LoopClient {
             Err(e) => return Err(Error::from_io(e)),
         }
         let tls = match &config.tls {
-            Some((tls, name)) => Some(Box::new(ClientConnection::new(
-                tls.clone(),
-                name.clone(),
-            )?)),
+            Some((tls, name)) => {
+                let mut conn = ClientConnection::new(tls.clone(), name.clone())?;
+                // A message is queued whole, then written as the socket takes
+                // it; its size is already bounded by `max_message_size`.
+                conn.set_buffer_limit(None);
+                Some(Box::new(conn))
+            }
             None => None,
         };
         Ok(LoopClient {
@@ -218,29 +221,41 @@ impl LoopClient {
         }
     }
 
-    /// Reads what the socket has (one read); `true` when a whole reply is
-    /// waiting, or the server has closed, so [`LoopClient::reply`] has news.
+    /// Reads what the socket has; `true` when a whole reply is waiting, or
+    /// the server has closed, so [`LoopClient::reply`] has news.
+    ///
+    /// Plain TCP takes one read: the loop calls again while the socket stays
+    /// readable. TLS reads until it would block, since records it has taken
+    /// in may hold plaintext the socket will never announce again.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] (a reset, say), [`Error::Tls`].
     pub fn fill(&mut self) -> Result<bool> {
         let mut buf = [0; READ];
-        let n = match self.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(self.has_reply()),
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            self.eof = true;
-            return Ok(true);
+        let mut chunk = Vec::new();
+        loop {
+            match self.read(&mut buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => match self.codec.protocol() {
+                    Protocol::Raw => chunk.extend_from_slice(&buf[..n]),
+                    Protocol::Framed => self.inbuf.extend_from_slice(&buf[..n]),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+            if self.tls.is_none() {
+                break;
+            }
         }
-        match self.codec.protocol() {
-            // One read is one reply, as in the original.
-            Protocol::Raw => self.raw.push_back(buf[..n].to_vec()),
-            Protocol::Framed => self.inbuf.extend_from_slice(&buf[..n]),
+        // One read is one raw reply, as in the original.
+        if !chunk.is_empty() {
+            self.raw.push_back(chunk);
         }
-        Ok(self.has_reply())
+        Ok(self.eof || self.has_reply())
     }
 
     /// One read of plaintext: from the socket, or through TLS.

@@ -12,6 +12,9 @@ and says goodbye to ``bye``, and a client for it; the networking is Rust
             print(c.request("hello"))        # Server received: hello
         srv.shutdown()
 
+:mod:`sockdemo.aio` is the same for asyncio: ``await
+sockdemo.aio.start_server(handler)`` and ``await sockdemo.aio.connect(...)``.
+
 Errors are the standard ones (``ConnectionRefusedError``, ``TimeoutError``,
 ``ValueError``...) or subclasses of them from :mod:`sockdemo.errors`. Rust's
 log records go to :mod:`logging` under the ``sockdemo`` logger.
@@ -20,6 +23,8 @@ log records go to :mod:`logging` under the ``sockdemo`` logger.
 from __future__ import annotations
 
 import atexit
+import importlib
+from typing import Any
 
 from ._sockdemo import (
     BYE_REPLY,
@@ -54,6 +59,14 @@ __all__ = [
     "bench",
     "generate_self_signed",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `sockdemo.aio` on first use: a blocking program never loads asyncio.
+    if name == "aio":
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Servers started in the background serve on Rust threads that log through
 # Python; stop them while the interpreter is still whole.

@@ -1,0 +1,517 @@
+"""sockdemo.aio: the asyncio server and client, on asyncio's loop and uvloop.
+
+Real loops, real sockets on loopback; Python's own socket module and asyncio
+streams are the independent peers where one is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+import sockdemo
+import sockdemo.aio
+from conftest import Script, frame, read_frame, recv_exactly
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - the test group installs it
+    uvloop = None
+
+T = TypeVar("T")
+Run = Callable[[Awaitable[T]], T]
+
+LOOPS = [
+    "asyncio",
+    pytest.param(
+        "uvloop",
+        marks=pytest.mark.skipif(uvloop is None, reason="uvloop is not installed"),
+    ),
+]
+
+
+@pytest.fixture(params=LOOPS)
+def run(request: pytest.FixtureRequest) -> Iterator[Run[Any]]:
+    """Runs a coroutine to the end on a fresh loop of the kind asked for."""
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def run(main: Awaitable[T]) -> T:
+        loop = uvloop.new_event_loop() if request.param == "uvloop" else asyncio.new_event_loop()
+        loops.append(loop)
+        try:
+            return loop.run_until_complete(asyncio.wait_for(main, 60))
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    yield run
+
+
+async def upper(message: str) -> str:
+    return message.upper()
+
+
+# -- round trips --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["raw", "framed"])
+def test_echo_round_trip_in_the_message_type(run, protocol) -> None:
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(None, protocol=protocol) as server:
+            assert server.is_serving()
+            port = server.server_address[1]
+            async with await sockdemo.aio.connect("127.0.0.1", port, protocol) as client:
+                assert await client.request("hello") == "Server received: hello"
+                assert await client.request(b"\xffbytes") == b"Server received: \xffbytes"
+                assert await client.request("bye") == sockdemo.BYE_REPLY
+        assert not server.is_serving()
+
+    run(main())
+
+
+@pytest.mark.parametrize("protocol", ["raw", "framed"])
+def test_an_async_handler_decides_the_reply(run, protocol) -> None:
+    async def handler(message: str) -> str | bytes | None:
+        if message == "later":
+            await asyncio.sleep(0.01)
+            return "LATER"
+        if message == "echo":
+            return None
+        if message == "bytes":
+            return b"\x00\xff"
+        return message.upper()
+
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(handler, protocol=protocol) as server:
+            port = server.server_address[1]
+            async with await sockdemo.aio.connect("127.0.0.1", port, protocol) as client:
+                assert await client.request("hello") == "HELLO"
+                assert await client.request("later") == "LATER"
+                assert await client.request("echo") == "Server received: echo"
+                assert await client.request(b"bytes") == b"\x00\xff"
+                assert await client.request("bye") == sockdemo.BYE_REPLY
+
+    run(main())
+
+
+def test_a_plain_function_runs_on_the_loop_thread(run) -> None:
+    threads: set[int] = set()
+
+    def handler(message: str) -> str:
+        threads.add(threading.get_ident())
+        return message[::-1]
+
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(handler) as server:
+            port = server.server_address[1]
+            async with await sockdemo.aio.connect("127.0.0.1", port) as client:
+                for _ in range(20):
+                    assert await client.request("abc") == "cba"
+
+    run(main())
+    assert threads == {threading.get_ident()}
+
+
+def test_any_asyncio_streams_client_is_served(run) -> None:
+    """The server speaks the same protocol to a client that is not sockdemo's."""
+
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(upper, protocol="framed") as server:
+            reader, writer = await asyncio.open_connection(*server.server_address)
+            writer.write(frame(b"one") + frame(b"two"))
+            for expected in (b"ONE", b"TWO"):
+                header = await reader.readexactly(4)
+                assert await reader.readexactly(int.from_bytes(header, "big")) == expected
+            writer.close()
+            await writer.wait_closed()
+
+    run(main())
+
+
+# -- many at once ---------------------------------------------------------------
+
+
+def test_fifty_sleeping_handlers_are_answered_together(run) -> None:
+    async def handler(message: str) -> str:
+        await asyncio.sleep(1)
+        return "slept " + message
+
+    async def one(port: int, i: int) -> str:
+        async with await sockdemo.aio.connect("127.0.0.1", port, timeout=10) as client:
+            return await client.request(str(i))
+
+    async def main() -> float:
+        async with await sockdemo.aio.start_server(handler) as server:
+            port = server.server_address[1]
+            started = time.monotonic()
+            replies = await asyncio.gather(*(one(port, i) for i in range(50)))
+            elapsed = time.monotonic() - started
+            assert replies == [f"slept {i}" for i in range(50)]
+            return elapsed
+
+    elapsed = run(main())
+    # Fifty one-second handlers one after another would take fifty seconds.
+    assert 0.9 < elapsed < 5, elapsed
+
+
+def test_pipelined_replies_keep_their_order(run) -> None:
+    rng = random.Random(7)
+
+    async def handler(message: str) -> str:
+        if rng.random() < 0.3:
+            await asyncio.sleep(rng.random() / 200)
+        return "re " + message
+
+    async def one(port: int, c: int) -> None:
+        async with await sockdemo.aio.connect("127.0.0.1", port, "framed", timeout=10) as client:
+            for i in range(50):
+                await client.send(f"{c}:{i}")
+            for i in range(50):
+                assert await client.receive() == f"re {c}:{i}".encode()
+
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(handler, protocol="framed") as server:
+            await asyncio.gather(*(one(server.server_address[1], c) for c in range(20)))
+
+    run(main())
+
+
+def test_a_thousand_clients_on_one_loop(run) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2500:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit is {hard}: 1,000 clients need about 2,100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(upper, max_clients=1000) as server:
+            port = server.server_address[1]
+            clients = await asyncio.gather(
+                *(sockdemo.aio.connect("127.0.0.1", port, timeout=30) for _ in range(1000))
+            )
+            replies = await asyncio.gather(*(c.request(f"m{i}") for i, c in enumerate(clients)))
+            assert replies == [f"M{i}" for i in range(1000)]
+            assert server.stats()["connections_active"] == 1000
+            await asyncio.gather(*(c.close() for c in clients))
+
+    try:
+        run(main())
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- failures ---------------------------------------------------------------------
+
+
+def test_a_handler_that_raises_closes_only_its_connection(run, caplog) -> None:
+    async def handler(message: str) -> str:
+        if message == "boom now":
+            raise RuntimeError("boom at once")
+        if message == "boom later":
+            await asyncio.sleep(0.01)
+            raise RuntimeError("boom after a wait")
+        if message == "wrong type":
+            return 42  # type: ignore[return-value]
+        return message
+
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(handler) as server:
+            port = server.server_address[1]
+            async with await sockdemo.aio.connect("127.0.0.1", port) as bystander:
+                for bad in ("boom now", "boom later", "wrong type"):
+                    async with await sockdemo.aio.connect("127.0.0.1", port) as client:
+                        with pytest.raises(sockdemo.ServerClosedError):
+                            await client.request(bad)
+                    assert await bystander.request("still here") == "still here"
+
+    with caplog.at_level(logging.ERROR, logger="sockdemo.handler"):
+        run(main())
+    logged = [r for r in caplog.records if r.name == "sockdemo.handler"]
+    assert len(logged) == 3, logged
+    texts = "\n".join(str(r.exc_info[1]) for r in logged if r.exc_info)
+    assert "boom at once" in texts
+    assert "boom after a wait" in texts
+    assert "not int" in texts
+
+
+def test_a_cancelled_request_closes_the_connection_and_leaves_nothing(run) -> None:
+    async def main() -> None:
+        held = asyncio.Event()
+
+        async def handler(message: str) -> str:
+            await held.wait()
+            return message
+
+        async with await sockdemo.aio.start_server(handler, shutdown_timeout=0.2) as server:
+            port = server.server_address[1]
+            client = await sockdemo.aio.connect("127.0.0.1", port)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.request("held"), 0.2)
+            with pytest.raises(ConnectionAbortedError, match="cancelled"):
+                await client.request("again")
+            # Nothing is left running for the client: only this test, the
+            # fixture's timeout and the server's handler, still held.
+            left = {
+                t.get_coro().__name__  # type: ignore[union-attr]
+                for t in asyncio.all_tasks()
+                if not t.done() and t is not asyncio.current_task()
+            }
+            assert left <= {"wait_for", "_answer"}, left
+
+            other = await sockdemo.aio.connect("127.0.0.1", port)
+            task = asyncio.ensure_future(other.request("held too"))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            with pytest.raises(ConnectionError):
+                await other.send("after")
+            held.set()
+
+    run(main())
+
+
+def test_a_client_timeout_is_a_timeout_error_then_the_connection_is_closed(run) -> None:
+    async def main() -> None:
+        never = asyncio.Event()
+
+        async def handler(message: str) -> str:
+            await never.wait()
+            return message
+
+        async with await sockdemo.aio.start_server(handler, shutdown_timeout=0.2) as server:
+            port = server.server_address[1]
+            async with await sockdemo.aio.connect("127.0.0.1", port, timeout=0.2) as client:
+                with pytest.raises(TimeoutError):
+                    await client.request("held")
+                with pytest.raises(ConnectionAbortedError, match="timed out"):
+                    await client.request("again")
+
+    run(main())
+
+
+def test_close_cancels_suspended_handlers_after_the_grace_period(run) -> None:
+    cancelled: list[str] = []
+    entered: list[str] = []
+
+    async def main() -> float:
+        async def handler(message: str) -> str:
+            entered.append(message)
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.append(message)
+                raise
+            return message
+
+        server = await sockdemo.aio.start_server(handler, shutdown_timeout=0.3)
+        port = server.server_address[1]
+        clients = [await sockdemo.aio.connect("127.0.0.1", port) for _ in range(3)]
+        for i, client in enumerate(clients):
+            await client.send(f"held {i}")
+        while len(entered) < 3:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        server.close()
+        assert not server.is_serving()
+        await server.wait_closed()
+        elapsed = time.monotonic() - started
+        for client in clients:
+            with pytest.raises(sockdemo.ServerClosedError):
+                await client.receive()
+            await client.close()
+        return elapsed
+
+    elapsed = run(main())
+    assert sorted(cancelled) == ["held 0", "held 1", "held 2"]
+    assert 0.25 < elapsed < 5, elapsed
+
+
+def test_serve_forever_returns_once_closed(run) -> None:
+    async def main() -> None:
+        server = await sockdemo.aio.start_server(upper)
+        serving = asyncio.ensure_future(server.serve_forever())
+        async with await sockdemo.aio.connect("127.0.0.1", server.server_address[1]) as client:
+            assert await client.request("up") == "UP"
+        with pytest.raises(RuntimeError, match="already running"):
+            await server.serve_forever()
+        server.close()
+        await serving
+        with pytest.raises(RuntimeError, match="closed"):
+            await server.serve_forever()
+
+    run(main())
+
+
+def test_connecting_to_nothing_is_connection_refused(run) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def main() -> None:
+        with pytest.raises(ConnectionRefusedError):
+            await sockdemo.aio.connect("127.0.0.1", port)
+
+    run(main())
+
+
+def test_handler_threads_is_refused_with_a_reason(run) -> None:
+    async def main() -> None:
+        with pytest.raises(TypeError, match="handlers run on the loop"):
+            await sockdemo.aio.start_server(upper, handler_threads=4)
+
+    run(main())
+
+
+# -- TLS ---------------------------------------------------------------------------
+
+
+def test_tls_through_the_async_client(run, tmp_path) -> None:
+    cert, key = sockdemo.generate_self_signed(tmp_path)
+
+    async def main() -> None:
+        server = await sockdemo.aio.start_server(
+            upper, certfile=cert, keyfile=key, protocol="framed"
+        )
+        async with server:
+            port = server.server_address[1]
+            async with await sockdemo.aio.connect(
+                "127.0.0.1", port, "framed", cafile=str(cert), timeout=10
+            ) as client:
+                assert await client.request("secret") == "SECRET"
+                big = "x" * 200_000
+                assert await client.request(big) == big.upper()
+            # A plaintext client hears that the server speaks TLS.
+            async with await sockdemo.aio.connect("127.0.0.1", port, "framed", timeout=10) as plain:
+                with pytest.raises(sockdemo.ProtocolError, match="speaks TLS"):
+                    await plain.request("hello")
+            # A TLS client of a plaintext server is told so.
+            async with await sockdemo.aio.start_server(upper) as plaintext:
+                with pytest.raises(sockdemo.TLSError):
+                    await sockdemo.aio.connect(
+                        "127.0.0.1", plaintext.server_address[1], cafile=str(cert), timeout=10
+                    )
+
+    run(main())
+
+
+def test_the_async_server_speaks_tls_to_python_ssl(run, tmp_path) -> None:
+    """Python's own ssl module as the independent peer."""
+    import ssl
+
+    cert, key = sockdemo.generate_self_signed(tmp_path)
+
+    def talk(port: int) -> bytes:
+        context = ssl.create_default_context(cafile=str(cert))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(frame(b"over tls"))
+                return read_frame(tls)
+
+    async def main() -> bytes:
+        async with await sockdemo.aio.start_server(
+            upper, certfile=cert, keyfile=key, protocol="framed"
+        ) as server:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, talk, server.server_address[1]
+            )
+
+    assert run(main()) == b"OVER TLS"
+
+
+def test_a_blocking_socket_client_is_answered_by_a_sync_handler(run) -> None:
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(str.upper) as server:
+
+            def talk() -> bytes:
+                with socket.create_connection(server.server_address, timeout=10) as sock:
+                    sock.sendall(b"plain")
+                    return recv_exactly(sock, 5)
+
+            assert await asyncio.get_running_loop().run_in_executor(None, talk) == b"PLAIN"
+
+    run(main())
+
+
+# -- Ctrl+C -------------------------------------------------------------------------
+
+PROGRAM = """
+import asyncio, sys, sockdemo.aio
+
+async def handler(message):
+    await asyncio.sleep(0)
+    return "re " + message
+
+async def chatter(port):
+    async with await sockdemo.aio.connect("127.0.0.1", port) as client:
+        try:
+            while True:
+                await client.request("tick")
+        except ConnectionError:
+            pass  # the server closed first
+
+async def main():
+    server = await sockdemo.aio.start_server(handler)
+    async with server:
+        port = server.server_address[1]
+        talking = [asyncio.ensure_future(chatter(port)) for _ in range(4)]
+        async with await sockdemo.aio.connect("127.0.0.1", port) as client:
+            assert await client.request("up") == "re up"
+        print("ready", flush=True)
+        await server.serve_forever()
+
+try:
+    {runner}(main())
+except KeyboardInterrupt:
+    print("stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "runner",
+    [
+        "asyncio.run",
+        pytest.param(
+            "uvloop.run",
+            marks=pytest.mark.skipif(
+                uvloop is None or not hasattr(uvloop, "run"), reason="uvloop.run is not available"
+            ),
+        ),
+    ],
+)
+def test_ctrl_c_stops_an_asyncio_program_quietly(runner) -> None:
+    prelude = "import uvloop\n" if runner.startswith("uvloop") else ""
+    script = Script("-c", prelude + PROGRAM.format(runner=runner))
+    try:
+        script.wait_for("ready")
+        started = time.monotonic()
+        script.proc.send_signal(signal.SIGINT)
+        code, lines = script.finish(10)
+        elapsed = time.monotonic() - started
+    finally:
+        script.kill()
+    assert code == 0, lines
+    assert lines[-1] == "stopped", lines
+    noise = [line for line in lines if line not in ("ready", "stopped")]
+    assert noise == [], noise
+    assert elapsed < 3, elapsed
+
+
+def test_sockdemo_aio_is_there_after_import_sockdemo_and_only_loaded_on_use() -> None:
+    code = (
+        "import sys, sockdemo; print('sockdemo.aio' in sys.modules); "
+        "print(sockdemo.aio.start_server.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "sockdemo.aio"]
