@@ -19,6 +19,9 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_PREFIX",
     "Client",
+    "LoopClient",
+    "LoopHandler",
+    "PendingJob",
     "Server",
     "__version__",
     "_shutdown_all",
@@ -88,7 +91,7 @@ class Server:
         idle_timeout: float | None = None,
         certfile: _StrPath | None = None,
         keyfile: _StrPath | None = None,
-        handler: _Handler | None = None,
+        handler: _Handler | LoopHandler | None = None,
         *,
         buffer_size: int = ...,
         max_message_size: int = ...,
@@ -237,3 +240,59 @@ def bench(
 
 def _shutdown_all() -> None:
     """Stops every running server (registered with ``atexit``)."""
+
+# What sockdemo.aio builds on; use sockdemo.aio, not these.
+
+@final
+class LoopHandler:
+    """A handler run on an asyncio loop: pass it as a Server's ``handler``,
+    watch :meth:`fileno` for reading and call :meth:`run` when readable."""
+
+    def __new__(
+        cls, handler: Callable[[str], Any], follow: Callable[[PendingJob, Any, bool, Any], object]
+    ) -> LoopHandler: ...
+    def fileno(self) -> int: ...
+    def run(self) -> bool:
+        """Answers every message queued; returns whether the server has finished."""
+
+@final
+class PendingJob:
+    """A message whose handler is running in a Task."""
+
+    @property
+    def peer(self) -> str | None: ...
+    def resume(self, reply: object) -> None: ...
+    def fail(self, error: BaseException) -> None: ...
+    def cancel(self) -> None: ...
+
+@final
+class LoopClient:
+    """A connection driven by an event loop: every method returns at once."""
+
+    def __new__(
+        cls,
+        ip: str,
+        port: int,
+        host: str,
+        protocol: str,
+        *,
+        cafile: _StrPath | None,
+        server_hostname: str | None,
+        buffer_size: int,
+        max_message_size: int,
+    ) -> LoopClient: ...
+    def fileno(self) -> int: ...
+    @property
+    def server_address(self) -> tuple[Any, ...]: ...
+    def connected(self) -> Literal["read", "write"] | None: ...
+    def send(self, message: str | bytes) -> bool: ...
+    def flush(self) -> bool: ...
+    def fill(self) -> bool: ...
+    def reply(self, text: bool) -> str | bytes | None: ...
+    @property
+    def buffered(self) -> int: ...
+    @property
+    def at_eof(self) -> bool: ...
+    @property
+    def is_tls(self) -> bool: ...
+    def close(self) -> None: ...

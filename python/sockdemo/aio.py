@@ -117,7 +117,8 @@ class Server:
     @property
     def server_address(self) -> tuple[Any, ...]:
         """``(host, port)`` actually bound."""
-        return self._core.server_address
+        address: tuple[Any, ...] = self._core.server_address
+        return address
 
     def stats(self) -> dict[str, int]:
         """The server's counters, as :meth:`sockdemo.Server.stats`."""
@@ -282,8 +283,9 @@ async def connect(
     loop = asyncio.get_running_loop()
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be a non-negative number of seconds")
-    connecting = _connect(loop, host, port, protocol, timeout, cafile, server_hostname,
-                          buffer_size, max_message_size)
+    connecting = _connect(
+        loop, host, port, protocol, timeout, cafile, server_hostname, buffer_size, max_message_size
+    )
     if timeout is None:
         return await connecting
     try:
@@ -305,10 +307,16 @@ async def _connect(
 ) -> Client:
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError | None = None
-    for ip in dict.fromkeys(info[4][0] for info in infos):
+    for ip in dict.fromkeys(str(info[4][0]) for info in infos):
         core = LoopClient(
-            ip, port, host, protocol, cafile=cafile, server_hostname=server_hostname,
-            buffer_size=buffer_size, max_message_size=max_message_size,
+            ip,
+            port,
+            host,
+            protocol,
+            cafile=cafile,
+            server_hostname=server_hostname,
+            buffer_size=buffer_size,
+            max_message_size=max_message_size,
         )
         try:
             await _until(loop, core, "write")
@@ -333,7 +341,8 @@ async def _until(loop: asyncio.AbstractEventLoop, core: LoopClient, want: str) -
     ready: asyncio.Future[None] = loop.create_future()
     fd = core.fileno()
     watch, unwatch = (
-        (loop.add_reader, loop.remove_reader) if want == "read"
+        (loop.add_reader, loop.remove_reader)
+        if want == "read"
         else (loop.add_writer, loop.remove_writer)
     )
     watch(fd, _wake, ready)
@@ -379,7 +388,8 @@ class Client:
     @property
     def server_address(self) -> tuple[Any, ...]:
         """The server's ``(host, port)``."""
-        return self._core.server_address
+        address: tuple[Any, ...] = self._core.server_address
+        return address
 
     async def request(self, message: _M) -> _M:
         """Sends ``message`` (``str`` or ``bytes``) and returns the reply in
@@ -433,7 +443,7 @@ class Client:
             while True:
                 reply = self._core.reply(text)
                 if reply is not None:
-                    if not self._reading and self._core.buffered < _ROOM:
+                    if self._paused() and self._core.buffered < _ROOM:
                         self._reading = True
                         self._loop.add_reader(self._fd, self._on_readable)
                     return reply
@@ -443,6 +453,10 @@ class Client:
         except BaseException as exc:
             self._abort(exc)
             raise
+
+    def _paused(self) -> bool:
+        """Stopped reading only because too much waits unread?"""
+        return not self._reading and self._error is None and not self._core.at_eof
 
     def _on_readable(self) -> None:
         try:
@@ -509,4 +523,3 @@ class Client:
 def _time_out(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError(errno.ETIMEDOUT, "timed out"))
-

@@ -12,8 +12,10 @@ exit status, and treats Ctrl+C (and SIGTERM for servers) as a normal ending.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -249,6 +251,13 @@ def _add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> 
         "directory first) instead of the echo; it returns str, bytes, or None for the echo",
     )
     parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="run the handler on this event loop (sockdemo.aio); auto: an async def "
+        "handler on uvloop if installed, else asyncio; a plain one on handler threads",
+    )
+    parser.add_argument(
         "--handler-threads",
         type=_positive,
         metavar="N",
@@ -324,41 +333,109 @@ def load_handler(spec: str) -> Callable[[str], Any]:
     return handler
 
 
+def _server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of ``Server`` and ``aio.start_server`` the flags give."""
+    return {
+        "max_clients": args.max_clients,
+        "protocol": args.protocol,
+        "reply_prefix": args.prefix,
+        "idle_timeout": args.idle_timeout,
+        "certfile": args.certfile,
+        "keyfile": args.keyfile,
+        "buffer_size": args.buffer_size,
+        "max_message_size": args.max_message_size,
+        "message_timeout": args.message_timeout,
+        "write_timeout": args.write_timeout,
+        "evict_idle_after": args.evict_idle_after,
+        "max_buffered_bytes": args.max_buffered,
+        "shutdown_timeout": args.shutdown_timeout,
+    }
+
+
 def _open_server(args: argparse.Namespace) -> Server | None:
     _configure_logging(getattr(args, "log_level", "info"))
     try:
         return Server(
             args.host,
             args.port,
-            max_clients=args.max_clients,
-            protocol=args.protocol,
-            reply_prefix=args.prefix,
-            idle_timeout=args.idle_timeout,
-            certfile=args.certfile,
-            keyfile=args.keyfile,
-            buffer_size=args.buffer_size,
-            max_message_size=args.max_message_size,
-            message_timeout=args.message_timeout,
-            write_timeout=args.write_timeout,
-            evict_idle_after=args.evict_idle_after,
-            max_buffered_bytes=args.max_buffered,
             handler=args.handler_function,
             handler_threads=args.handler_threads,
-            shutdown_timeout=args.shutdown_timeout,
+            **_server_options(args),
         )
     except (OSError, ValueError) as exc:
         _refuse(exc, args)
     return None
 
 
-def _listening(server: Server) -> None:
-    host, port = server.server_address[:2]
+def _listening(address: tuple[Any, ...]) -> None:
+    host, port = address[:2]
     _say(f"Server listening on {host}:{port}")
 
 
 def run_server(args: argparse.Namespace) -> int:
     """Serves clients until Ctrl+C or SIGTERM (``server.v2.py``)."""
-    return _serve(args, lambda server: server.serve_forever())
+    return _serve(args, _serve_forever)
+
+
+def _serve_forever(server: Server) -> None:
+    server.serve_forever()
+
+
+def _event_loop(args: argparse.Namespace) -> str | None:
+    """The event loop to run the handler on (``"asyncio"``, ``"uvloop"``), or
+    ``None`` for handler threads. ``auto`` runs an ``async def`` handler on
+    uvloop when it is installed, asyncio's loop otherwise."""
+    choice: str = getattr(args, "loop", "auto")
+    if choice != "auto":
+        return choice
+    if not inspect.iscoroutinefunction(args.handler_function):
+        return None
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def _serve_on_loop(args: argparse.Namespace, kind: str) -> int:
+    """Serves with ``sockdemo.aio``, the handler on an event loop of ``kind``."""
+    from . import aio
+
+    if args.handler_threads is not None:
+        return _fail("--handler-threads has no meaning with --loop: handlers run on the loop")
+    _configure_logging(args.log_level)
+
+    async def serve() -> None:
+        try:
+            server = await aio.start_server(
+                args.handler_function, args.host, args.port, **_server_options(args)
+            )
+        except (OSError, ValueError) as exc:
+            raise _Refused(exc) from None
+        async with server:
+            _listening(server.server_address)
+            await server.serve_forever()
+
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            return _fail("--loop uvloop: uvloop is not installed (pip install uvloop)")
+        uvloop.install()
+    try:
+        asyncio.run(serve())
+    except _Refused as refused:
+        return _refuse(refused.error, args)
+    except KeyboardInterrupt:
+        _stopping()
+    return 0
+
+
+class _Refused(Exception):
+    """The server could not start; ``error`` says why."""
+
+    def __init__(self, error: OSError | ValueError) -> None:
+        self.error = error
 
 
 def run_basic_server(args: argparse.Namespace) -> int:
@@ -381,12 +458,17 @@ def _serve(args: argparse.Namespace, serve: Callable[[Server], None]) -> int:
     except HandlerError as exc:
         _say(f"Error: {exc}")
         return 2
+    loop = _event_loop(args)
+    if loop is not None:
+        if serve is not _serve_forever:
+            return _fail("an async handler (or --loop) needs a server that serves until stopped")
+        return _serve_on_loop(args, loop)
     try:
         server = _open_server(args)
         if server is None:
             return 1
         with server:
-            _listening(server)
+            _listening(server.server_address)
             serve(server)
     except KeyboardInterrupt:
         _stopping()

@@ -22,7 +22,9 @@ A second table runs Python handlers (``handlers.py``): sockdemo with
 sockdemo's own echo beside them as the ceiling; its ratios are to uvloop.
 
 Finally a Python loop of ``Client.request`` is timed against the same loop
-written with the ``socket`` module, the two alternating in order.
+written with the ``socket`` module, the two alternating in order, and
+``sockdemo.aio`` clients against asyncio streams clients (one task, then 100
+tasks), on asyncio's loop and on uvloop.
 
 Every figure is a median with its spread (min-max over rounds); a round that
 failed is counted in the table, never dropped. ``--pin`` puts the servers on
@@ -47,7 +49,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import sockdemo
 
@@ -85,6 +87,8 @@ WORKLOADS = [
     Workload("handler, 10 conn x 64 B", 10, 64, handler="echo"),
     Workload("handler, 100 conn x 64 B", 100, 64, handler="echo"),
     Workload("10 µs handler, 100 conn x 64 B", 100, 64, handler="busy"),
+    Workload("async handler, 10 conn x 64 B", 10, 64, handler="async_echo"),
+    Workload("async handler, 100 conn x 64 B", 100, 64, handler="async_echo"),
 ]
 
 
@@ -97,8 +101,14 @@ def server_commands(workload: Workload) -> dict[str, list[str]]:
     """The contenders for `workload`, by name."""
     if workload.handler:
         handler = f"handlers:{workload.handler}"
+        # An async def handler runs under sockdemo.aio, on uvloop like its rival.
+        ours = (
+            {"sockdemo.aio + handler": [*SOCKDEMO, "--handler", handler, "--loop", "uvloop"]}
+            if workload.handler.startswith("async")
+            else {"sockdemo + handler": [*SOCKDEMO, "--handler", handler]}
+        )
         contenders = {
-            "sockdemo + handler": [*SOCKDEMO, "--handler", handler],
+            **ours,
             HANDLER_REFERENCE: [*PY_SERVERS, "uvloop", "--handler", workload.handler],
             "sockdemo echo (ceiling)": SOCKDEMO,
         }
@@ -275,6 +285,85 @@ def python_loop(rounds: int, requests: int) -> tuple[float, float]:
     return statistics.median(client_times), statistics.median(socket_times)
 
 
+@dataclass
+class AsyncClients:
+    """`sockdemo.aio` clients against asyncio streams clients, on one loop kind."""
+
+    loop: str
+    single_us: tuple[float, float]  # one task: sockdemo.aio, streams
+    many_rps: tuple[float, float]  # 100 tasks: sockdemo.aio, streams
+
+
+def async_clients(rounds: int, requests: int, tasks: int = 100) -> list[AsyncClients]:
+    """One task awaiting requests in a loop (µs per request), and `tasks`
+    tasks at once (requests/s), with `sockdemo.aio.connect` and with
+    `asyncio.open_connection`, alternating, against one sockdemo server."""
+    import asyncio
+
+    import sockdemo.aio
+
+    message = "Hello from the client!"
+    payload = message.encode()
+
+    async def aio_loop(address: tuple[str, int], n: int) -> None:
+        async with await sockdemo.aio.connect(*address) as client:
+            for _ in range(n):
+                await client.request(message)
+
+    async def streams_loop(address: tuple[str, int], n: int) -> None:
+        reader, writer = await asyncio.open_connection(*address)
+        for _ in range(n):
+            writer.write(payload)
+            await reader.read(1024)
+        writer.close()
+        await writer.wait_closed()
+
+    async def timed(loop: Callable[..., Any], address: tuple[str, int], n: int, k: int) -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(loop(address, n) for _ in range(k)))
+        return time.perf_counter() - start
+
+    async def measure(address: tuple[str, int]) -> tuple[list[float], ...]:
+        single: tuple[list[float], list[float]] = ([], [])
+        many: tuple[list[float], list[float]] = ([], [])
+        loops = (aio_loop, streams_loop)
+        per_task = max(requests // tasks, 20)
+        for round_ in range(rounds):
+            order = (0, 1) if round_ % 2 == 0 else (1, 0)
+            for i in order:
+                single[i].append(await timed(loops[i], address, requests, 1) / requests * 1e6)
+            for i in order:
+                elapsed = await timed(loops[i], address, per_task, tasks)
+                many[i].append(per_task * tasks / elapsed)
+        return (*single, *many)
+
+    kinds = ["asyncio"]
+    try:
+        import uvloop
+
+        kinds.append("uvloop")
+    except ImportError:
+        uvloop = None
+    results = []
+    with sockdemo.Server(port=0, max_clients=1000) as server:
+        server.start()
+        for kind in kinds:
+            new_loop = uvloop.new_event_loop if kind == "uvloop" else asyncio.new_event_loop
+            loop = new_loop()
+            try:
+                aio_1, streams_1, aio_n, streams_n = loop.run_until_complete(
+                    measure(server.server_address)
+                )
+            finally:
+                loop.close()
+            med = statistics.median
+            results.append(
+                AsyncClients(kind, (med(aio_1), med(streams_1)), (med(aio_n), med(streams_n)))
+            )
+        server.shutdown()
+    return results
+
+
 def table(rows: list[Row], handlers: bool) -> list[str]:
     lines = [
         "| workload | server | req/s (median) | spread | "
@@ -304,7 +393,12 @@ def table(rows: list[Row], handlers: bool) -> list[str]:
     return lines
 
 
-def markdown(rows: list[Row], loop: tuple[float, float] | None, args: argparse.Namespace) -> str:
+def markdown(
+    rows: list[Row],
+    loop: tuple[float, float] | None,
+    clients: list[AsyncClients],
+    args: argparse.Namespace,
+) -> str:
     lines = [
         "# sockdemo benchmark",
         "",
@@ -322,7 +416,9 @@ def markdown(rows: list[Row], loop: tuple[float, float] | None, args: argparse.N
         "",
         "The reply computed by a Python function (`tests/bench/handlers.py`: `echo` returns "
         "the prefix plus the message; the 10 µs one loops first). sockdemo runs it with "
-        "`--handler`; uvloop streams call it inline.",
+        "`--handler`; uvloop streams call it inline. The `async def` one "
+        "(`async_echo`) runs under `sockdemo.aio` on uvloop (`--handler ... --loop uvloop`); "
+        "uvloop streams await it inline.",
         "",
         *table(rows, handlers=True),
     ]
@@ -341,6 +437,23 @@ def markdown(rows: list[Row], loop: tuple[float, float] | None, args: argparse.N
             f"| `socket` module (`sendall` + `recv`) | {plain:.1f} | 1.00 |",
             f"| `sockdemo.Client.request` | {client:.1f} | {client / plain:.2f} |",
         ]
+    if clients:
+        lines += [
+            "",
+            "asyncio clients against a sockdemo server: one task awaiting requests in a loop, "
+            "and 100 tasks at once, with `sockdemo.aio.connect` and with asyncio streams "
+            "(`open_connection`, `write` + `read`):",
+            "",
+            "| loop | one task: aio µs/req | streams µs/req | ratio "
+            "| 100 tasks: aio req/s | streams req/s | ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in clients:
+            (aio_1, streams_1), (aio_n, streams_n) = c.single_us, c.many_rps
+            lines.append(
+                f"| {c.loop} | {aio_1:.1f} | {streams_1:.1f} | {aio_1 / streams_1:.2f} "
+                f"| {aio_n:,.0f} | {streams_n:,.0f} | {aio_n / streams_n:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -450,7 +563,8 @@ def main() -> int:
                     flush=True,
                 )
     loop = python_loop(rounds=max(args.rounds, 3), requests=2000 if args.quick else 20000)
-    table = markdown(rows, loop, args)
+    clients = async_clients(rounds=max(args.rounds, 3), requests=2000 if args.quick else 20000)
+    table = markdown(rows, loop, clients, args)
     print(table)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "RESULTS.md").write_text(table)

@@ -8,9 +8,10 @@ prefix and ``bye`` rule, and print the same first line as sockdemo's server.
 
     python tests/bench/py_servers.py --kind asyncio --port 0 --protocol raw
 
-``--handler echo|busy`` makes the reply the result of that function from
-``handlers.py`` (the same one sockdemo's ``--handler`` runs), called inline on
-the event loop or the client's thread: the way a pure-Python server runs it.
+``--handler echo|busy|async_echo`` makes the reply the result of that function
+from ``handlers.py`` (the same one sockdemo's ``--handler`` runs), called (or
+awaited) inline on the event loop or the client's thread: the way a
+pure-Python server runs it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import socket
 import socketserver
 import struct
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 import handlers
 
@@ -42,13 +43,23 @@ def echo(message: bytes) -> bytes:
 
 
 #: Computes a reply; `main` replaces it when a handler is asked for.
-reply: Callable[[bytes], bytes] = echo
+reply: Callable[[bytes], Any] = echo
+#: Is `reply` a coroutine function, whose result the streams servers await?
+AWAIT = False
 
 
-def with_handler(handler: Callable[[str], str]) -> Callable[[bytes], bytes]:
+def with_handler(handler: Callable[[str], Any]) -> Callable[[bytes], Any]:
+    if asyncio.iscoroutinefunction(handler):
+
+        async def awaited(message: bytes) -> bytes:
+            text = await handler(message.decode("utf-8", "surrogateescape"))
+            return text.encode("utf-8", "surrogateescape")  # type: ignore[no-any-return]
+
+        return awaited
+
     def call(message: bytes) -> bytes:
         text = handler(message.decode("utf-8", "surrogateescape"))
-        return text.encode("utf-8", "surrogateescape")
+        return text.encode("utf-8", "surrogateescape")  # type: ignore[no-any-return]
 
     return call
 
@@ -59,7 +70,8 @@ async def serve_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
             if is_bye(data):
                 writer.write(BYE)
                 break
-            writer.write(reply(data))
+            out = reply(data)
+            writer.write(await out if AWAIT else out)
             await writer.drain()
     except ConnectionError:
         pass
@@ -75,7 +87,8 @@ async def serve_framed(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
             if is_bye(payload):
                 writer.write(framed(BYE))
                 break
-            writer.write(framed(reply(payload)))
+            out = reply(payload)
+            writer.write(framed(await out if AWAIT else out))
             await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
@@ -124,11 +137,16 @@ def main() -> int:
     parser.add_argument("--kind", choices=("asyncio", "uvloop", "socketserver"), required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--protocol", choices=("raw", "framed"), default="raw")
-    parser.add_argument("--handler", choices=("echo", "busy"), help="reply with this function")
+    parser.add_argument(
+        "--handler", choices=("echo", "busy", "async_echo"), help="reply with this function"
+    )
     args = parser.parse_args()
     if args.handler:
-        global reply
+        global reply, AWAIT
         reply = with_handler(getattr(handlers, args.handler))
+        AWAIT = asyncio.iscoroutinefunction(reply)
+        if AWAIT and args.kind == "socketserver":
+            parser.error("an async handler needs an event loop: --kind asyncio or uvloop")
     try:
         if args.kind == "socketserver":
             handler = FramedHandler if args.protocol == "framed" else RawHandler
