@@ -7,8 +7,10 @@
 //! byte to the other end, but only when the loop has not been told already:
 //! however many jobs arrive before the loop looks, they cost one write and
 //! one wake-up. The loop then takes everything queued at once
-//! ([`Handoff::take`]). That is what `call_soon_threadsafe` does for asyncio,
-//! minus the Python call on a network thread.
+//! ([`Handoff::take`]), and takes again before it goes back to waiting, so
+//! jobs that arrive while it works cost no wake-up at all. That is what
+//! `call_soon_threadsafe` does for asyncio, minus the Python call on a
+//! network thread and the wake-ups of a busy loop.
 //!
 //! Back-pressure comes from the jobs themselves: a connection has one job in
 //! flight, so the queue holds at most one per connection, and a loop that
@@ -21,6 +23,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::{self, ThreadId};
 
@@ -35,6 +38,8 @@ pub struct Handoff {
     watched: UnixStream,
     /// The end a byte is written to.
     signal: UnixStream,
+    /// Jobs queued, readable without the lock.
+    waiting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +68,7 @@ impl Handoff {
             state: Mutex::default(),
             watched,
             signal,
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -72,7 +78,8 @@ impl Handoff {
     }
 
     /// The descriptor the loop watches for reading: readable when there are
-    /// jobs to take or the server has finished.
+    /// jobs to take or the server has finished. When it is, the loop calls
+    /// [`Handoff::woken`], then [`Handoff::take`] until nothing comes back.
     pub fn fd(&self) -> RawFd {
         self.watched.as_raw_fd()
     }
@@ -82,6 +89,7 @@ impl Handoff {
         let mut state = self.lock();
         state.queued_messages += job.len();
         state.jobs.push(job);
+        self.waiting.store(state.jobs.len(), Relaxed);
         let wake = !std::mem::replace(&mut state.signalled, true);
         drop(state);
         if wake {
@@ -94,17 +102,47 @@ impl Handoff {
         let _ = (&self.signal).write(&[1]);
     }
 
-    /// Takes every job queued, in order, and clears the wake-up.
-    pub fn take(&self) -> Vec<Job> {
-        // Read the wake-up before taking the jobs: a job queued in between is
-        // taken now, or wakes the loop again; never neither.
+    /// The loop was woken: reads the wake-up. Then [`Handoff::take`] until
+    /// it comes back empty.
+    pub fn woken(&self) {
+        // At most one byte is in flight per wake-up (and one for the finish):
+        // one read takes them all.
         let mut sink = [0; 64];
-        while matches!((&self.watched).read(&mut sink), Ok(n) if n > 0) {}
+        let _ = (&self.watched).read(&mut sink);
+    }
+
+    /// Takes every job queued, in order. An empty take means the loop goes
+    /// back to waiting, so it clears the wake-up flag: the next job wakes it
+    /// again. Until then, jobs queued while the loop works cost no wake-up,
+    /// however many there are, since the loop takes again before it sleeps.
+    pub fn take(&self) -> Vec<Job> {
         let mut state = self.lock();
-        state.signalled = false;
-        state.queued_messages = 0;
         state.taker = Some(thread::current().id());
+        if state.jobs.is_empty() {
+            state.signalled = false;
+            return Vec::new();
+        }
+        state.queued_messages = 0;
+        self.waiting.store(0, Relaxed);
         std::mem::take(&mut state.jobs)
+    }
+
+    /// Are jobs waiting to be taken? (A glance, without the lock.)
+    pub fn has_waiting(&self) -> bool {
+        self.waiting.load(Relaxed) > 0
+    }
+
+    /// The loop stops taking with jobs still queued (to let other work on
+    /// it run): makes sure it is woken again for them.
+    pub fn later(&self) {
+        let mut state = self.lock();
+        if state.jobs.is_empty() {
+            // Nothing to come back for: as after an empty take.
+            state.signalled = false;
+        } else {
+            drop(state);
+            self.wake();
+        }
     }
 
     /// The server has finished: no job will come any more. Wakes the loop.
@@ -174,6 +212,7 @@ mod tests {
         handoff.submit(second);
         assert_eq!(waiting(&handoff), 1);
         assert_eq!(handoff.load().queued, 3);
+        handoff.woken();
         let jobs = handoff.take();
         assert!(!readable(&handoff));
         assert_eq!(handoff.load().queued, 0);
@@ -186,6 +225,16 @@ mod tests {
         }
         assert_eq!(wait(a)?.out, b"> a");
         assert_eq!(wait(b)?.out, b"> b> c");
+        // Jobs queued while the loop works need no wake-up: it takes again.
+        let (third, _c) = job(Protocol::Raw, &[b"d"]);
+        handoff.submit(third);
+        assert!(!readable(&handoff));
+        assert_eq!(handoff.take().len(), 1);
+        // An empty take sends the loop back to waiting: the next job wakes it.
+        assert!(handoff.take().is_empty());
+        let (fourth, _d) = job(Protocol::Raw, &[b"e"]);
+        handoff.submit(fourth);
+        assert!(readable(&handoff));
         Ok(())
     }
 
@@ -194,11 +243,26 @@ mod tests {
         let handoff = Handoff::new()?;
         let (first, _a) = job(Protocol::Raw, &[b"a"]);
         handoff.submit(first);
+        handoff.woken();
         assert_eq!(handoff.take().len(), 1);
+        assert!(handoff.take().is_empty());
         let (second, _b) = job(Protocol::Raw, &[b"b"]);
         handoff.submit(second);
         assert!(readable(&handoff));
-        assert_eq!(handoff.take().len(), 1);
+        handoff.woken();
+        assert!(!readable(&handoff));
+        let (third, _c) = job(Protocol::Raw, &[b"c"]);
+        handoff.submit(third);
+        // The loop stops short with a job queued: it must come back for it.
+        handoff.later();
+        assert!(readable(&handoff));
+        assert_eq!(handoff.take().len(), 2);
+        // Stopping short with none queued: the next job wakes the loop.
+        handoff.woken();
+        handoff.later();
+        let (fourth, _d) = job(Protocol::Raw, &[b"d"]);
+        handoff.submit(fourth);
+        assert!(readable(&handoff));
         Ok(())
     }
 
@@ -207,6 +271,7 @@ mod tests {
         let handoff = Handoff::new()?;
         handoff.finish();
         assert!(readable(&handoff));
+        handoff.woken();
         assert!(handoff.take().is_empty());
         assert!(handoff.is_finished());
         handoff.reopen();

@@ -31,6 +31,10 @@ use crate::error::Error;
 use crate::handoff::Handoff;
 use crate::job::Job;
 
+/// How many batches one wake-up answers before it lets the loop run its
+/// other callbacks and tasks (the rest wake it again at once).
+const MAX_ROUNDS: usize = 16;
+
 /// Runs `handler` for a server's jobs on the event loop that calls `run`.
 #[pyclass(frozen, module = "sockdemo._sockdemo")]
 pub(super) struct LoopHandler {
@@ -82,12 +86,26 @@ impl LoopHandler {
         self.handoff.fd()
     }
 
-    /// Answers every job queued since the last call; returns whether the
-    /// server has finished serving.
+    /// Answers every job queued, including those that arrive meanwhile (up
+    /// to a bound, so that other work on the loop gets its turn); returns
+    /// whether the server has finished serving.
     fn run(slf: &Bound<'_, Self>) -> bool {
         let this = slf.get();
-        for job in this.handoff.take() {
-            this.advance(slf, job);
+        this.handoff.woken();
+        let mut rounds = 0;
+        loop {
+            let jobs = this.handoff.take();
+            if jobs.is_empty() {
+                break;
+            }
+            for job in jobs {
+                this.advance(slf, job);
+            }
+            rounds += 1;
+            if rounds == MAX_ROUNDS {
+                this.handoff.later();
+                break;
+            }
         }
         this.handoff.is_finished()
     }
@@ -115,7 +133,10 @@ impl LoopHandler {
                 break;
             }
         }
-        job.settle(true);
+        // As the thread pool does: with nothing else waiting, latency counts,
+        // and the loop writes the replies itself; with a backlog, the loop's
+        // time counts, and the network threads write them.
+        job.settle(!self.handoff.has_waiting());
     }
 
     /// Calls the handler with `message` and starts what it returns.
