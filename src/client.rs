@@ -218,7 +218,8 @@ impl Client {
         }
         loop {
             let received = &self.inbuf[..self.filled];
-            let decoded = decode_framed_reply(&self.reply_codec, received, self.peer, self.is_tls())?;
+            let decoded =
+                decode_framed_reply(&self.reply_codec, received, self.peer, self.is_tls())?;
             let needed = match decoded {
                 Decoded::Message(frame) => {
                     let reply = received[frame.payload.clone()].to_vec();

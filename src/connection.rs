@@ -44,11 +44,11 @@ use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::runner::Runner;
 use crate::error::{Error, Result};
 use crate::idle::{Registered, Registry};
 use crate::outbox::{Delivered, Outbox};
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Reply, is_bye};
+use crate::runner::Runner;
 use crate::stats::Stats;
 
 /// The first read's size, and the size reads return to after a burst.

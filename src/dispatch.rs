@@ -240,7 +240,9 @@ impl Inner {
                     pool.queued_messages = 0;
                     self.waiting.store(0, Relaxed);
                     for mut job in pool.jobs.drain(..) {
-                        job.fail(Error::Handler(format!("no handler thread could start: {e}")));
+                        job.fail(Error::Handler(format!(
+                            "no handler thread could start: {e}"
+                        )));
                         job.settle(false);
                     }
                 }

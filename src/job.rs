@@ -238,7 +238,13 @@ pub(crate) mod testing {
         let stats = Arc::new(Stats::default());
         let outbox = Arc::new(Outbox::new(None, stats.clone()));
         outbox.begin();
-        let job = Job::new("peer".into(), Bytes::from(data), ranges, replies, outbox.clone());
+        let job = Job::new(
+            "peer".into(),
+            Bytes::from(data),
+            ranges,
+            replies,
+            outbox.clone(),
+        );
         (job, Pending { outbox, stats })
     }
 

@@ -67,7 +67,11 @@ impl LoopClient {
     pub fn connect(addr: SocketAddr, config: &Config) -> Result<Self> {
         let codec = Codec::new(config.protocol, config.buffer_size, config.max_message_size)?;
         let reply_codec = reply_codec(config)?;
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(IpProtocol::TCP))?;
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM,
+            Some(IpProtocol::TCP),
+        )?;
         socket.set_nonblocking(true)?;
         // Each request is one write; Nagle would only hold it back.
         socket.set_tcp_nodelay(true)?;
@@ -154,7 +158,8 @@ impl LoopClient {
             }
         }
         // The handshake's last flight, if any.
-        self.flush().map(|done| if done { Want::Nothing } else { Want::Write })
+        self.flush()
+            .map(|done| if done { Want::Nothing } else { Want::Write })
     }
 
     /// Queues one message; [`LoopClient::flush`] writes it.

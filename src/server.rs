@@ -33,12 +33,12 @@ use tokio_util::task::TaskTracker;
 
 pub use crate::config::{Config, Mode};
 use crate::connection::{self, Session, Shared};
-use crate::runner::Runner;
 use crate::error::{Error, Result};
 pub use crate::handler::Handler;
-pub use crate::runner::Handling;
 use crate::idle::Registry;
 use crate::protocol::Codec;
+pub use crate::runner::Handling;
+use crate::runner::Runner;
 use crate::stats::Snapshot;
 
 /// Serves clients from `listener` until `shutdown` is cancelled (or, in
@@ -293,12 +293,7 @@ impl Server {
     ///
     /// [`Error::InvalidArgument`] for an unusable configuration, [`Error::Io`]
     /// if the address cannot be bound.
-    pub fn bind(
-        host: &str,
-        port: u16,
-        config: Config,
-        handling: Option<Handling>,
-    ) -> Result<Self> {
+    pub fn bind(host: &str, port: u16, config: Config, handling: Option<Handling>) -> Result<Self> {
         if config.max_clients == 0 {
             return Err(Error::invalid("max_clients must be at least 1"));
         }

@@ -249,11 +249,14 @@ class LoopHandler:
     watch :meth:`fileno` for reading and call :meth:`run` when readable."""
 
     def __new__(
-        cls, handler: Callable[[str], Any], follow: Callable[[PendingJob, Any, bool, Any], object]
+        cls,
+        handler: Callable[[str], Any],
+        follow: Callable[[PendingJob, Any, bool, Any], object],
+        finished: Callable[[], object],
     ) -> LoopHandler: ...
     def fileno(self) -> int: ...
-    def run(self) -> bool:
-        """Answers every message queued; returns whether the server has finished."""
+    def run(self) -> None:
+        """Answers every message queued; calls ``finished()`` once the server has."""
 
 @final
 class PendingJob:

@@ -37,6 +37,7 @@ import asyncio
 import errno
 import socket
 import types
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Literal, TypeVar, Union
 
@@ -102,16 +103,17 @@ class Server:
             raise TypeError("handler_threads has no meaning here: handlers run on the loop")
         self._loop = loop
         self._tasks: set[asyncio.Task[None]] = set()
-        # The bridge holds `follow`, not this server: no reference cycle
-        # through a Rust object the garbage collector cannot see into.
+        # The bridge holds no strong reference to this server: a cycle through
+        # a Rust object is one the garbage collector cannot see into.
         follow = _follower(loop, self._tasks)
-        self._bridge = None if handler is None else LoopHandler(handler, follow)
+        finished = _weakly(self._finish)
+        self._bridge = None if handler is None else LoopHandler(handler, follow, finished)
         self._core = _CoreServer(host, port, handler=self._bridge, **options)
         self._closing = False
         self._closed: asyncio.Future[None] = loop.create_future()
         self._serving_forever: asyncio.Future[None] | None = None
         if self._bridge is not None:
-            loop.add_reader(self._bridge.fileno(), self._run)
+            loop.add_reader(self._bridge.fileno(), self._bridge.run)
         self._core.start()
 
     @property
@@ -181,14 +183,8 @@ class Server:
         state = "serving" if self.is_serving() else "closed"
         return f"<sockdemo.aio.Server {self._core!r} {state}>"
 
-    def _run(self) -> None:
-        """The handoff is readable: answer what arrived; once the server has
-        finished, finish here too."""
-        assert self._bridge is not None
-        if self._bridge.run():
-            self._finish()
-
     def _finish(self) -> None:
+        """The server has finished serving: so does this side."""
         assert self._bridge is not None
         self._loop.remove_reader(self._bridge.fileno())
         self._closing = True
@@ -209,6 +205,18 @@ class Server:
             return
         if not self._closed.done():
             self._closed.set_result(None)
+
+
+def _weakly(method: Callable[[], None]) -> Callable[[], None]:
+    """Calls ``method`` if its object is still alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        alive = ref()
+        if alive is not None:
+            alive()
+
+    return call
 
 
 def _follower(

@@ -50,7 +50,8 @@ impl LoopClient {
             max_message_size,
         };
         let peer = SocketAddr::new(ip, port);
-        let inner = loop_client::LoopClient::connect(peer, &config).map_err(|e| to_py(py, e, None))?;
+        let inner =
+            loop_client::LoopClient::connect(peer, &config).map_err(|e| to_py(py, e, None))?;
         Ok(LoopClient {
             inner: Some(inner),
             peer,
@@ -112,20 +113,26 @@ impl LoopClient {
     /// Bytes received and not yet returned.
     #[getter]
     fn buffered(&self) -> usize {
-        self.inner.as_ref().map_or(0, loop_client::LoopClient::buffered)
+        self.inner
+            .as_ref()
+            .map_or(0, loop_client::LoopClient::buffered)
     }
 
     /// Has the server closed its side? The socket stays readable from then
     /// on, so the loop should stop watching it.
     #[getter]
     fn at_eof(&self) -> bool {
-        self.inner.as_ref().is_none_or(loop_client::LoopClient::is_eof)
+        self.inner
+            .as_ref()
+            .is_none_or(loop_client::LoopClient::is_eof)
     }
 
     /// Is this connection encrypted?
     #[getter]
     fn is_tls(&self) -> bool {
-        self.inner.as_ref().is_some_and(loop_client::LoopClient::is_tls)
+        self.inner
+            .as_ref()
+            .is_some_and(loop_client::LoopClient::is_tls)
     }
 
     /// Closes the connection (TLS: with close_notify). Idempotent.

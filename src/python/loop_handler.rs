@@ -43,6 +43,8 @@ pub(super) struct LoopHandler {
     /// `follow(job, awaitable, started, waiting)`: finishes a handler that
     /// suspended (or an awaitable not yet started) in a Task.
     follow: Py<PyAny>,
+    /// Called once the server has finished serving.
+    finished: Py<PyAny>,
     coroutine: Py<PyType>,
 }
 
@@ -62,7 +64,12 @@ enum Called<'py> {
 #[pymethods]
 impl LoopHandler {
     #[new]
-    fn new(py: Python<'_>, handler: Py<PyAny>, follow: Py<PyAny>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        handler: Py<PyAny>,
+        follow: Py<PyAny>,
+        finished: Py<PyAny>,
+    ) -> PyResult<Self> {
         if !handler.bind(py).is_callable() {
             return Err(PyTypeError::new_err("handler must be callable"));
         }
@@ -73,6 +80,7 @@ impl LoopHandler {
             handoff: Arc::new(handoff),
             handler,
             follow,
+            finished,
             coroutine: py
                 .import("types")?
                 .getattr("CoroutineType")?
@@ -87,9 +95,9 @@ impl LoopHandler {
     }
 
     /// Answers every job queued, including those that arrive meanwhile (up
-    /// to a bound, so that other work on the loop gets its turn); returns
-    /// whether the server has finished serving.
-    fn run(slf: &Bound<'_, Self>) -> bool {
+    /// to a bound, so that other work on the loop gets its turn); once the
+    /// server has finished serving, calls `finished()`.
+    fn run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
         this.handoff.woken();
         let mut rounds = 0;
@@ -107,7 +115,10 @@ impl LoopHandler {
                 break;
             }
         }
-        this.handoff.is_finished()
+        if this.handoff.is_finished() {
+            this.finished.call0(slf.py())?;
+        }
+        Ok(())
     }
 }
 

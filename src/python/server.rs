@@ -19,8 +19,8 @@ use super::handler::PyHandler;
 use super::loop_handler::LoopHandler;
 use crate::client::TICK;
 use crate::config::{self, Config, Mode};
-use crate::runner::Handling;
 use crate::protocol;
+use crate::runner::Handling;
 use crate::server;
 use crate::tls;
 
