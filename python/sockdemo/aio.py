@@ -402,21 +402,46 @@ class Client:
     async def request(self, message: _M) -> _M:
         """Sends ``message`` (``str`` or ``bytes``) and returns the reply in
         the same type."""
-        await self.send(message)
-        reply: Any = await self._receive(isinstance(message, str))
-        return reply  # type: ignore[no-any-return]
+        # send() and _receive() inlined: this is the loop users time.
+        self._check_open()
+        core = self._core
+        try:
+            sent = core.send(message)
+        except (ValueError, TypeError):
+            raise  # Refused before anything was sent: the connection is fine.
+        try:
+            if not sent:
+                await self._flush()
+            text = isinstance(message, str)
+            while True:
+                reply: Any = core.reply(text)
+                if reply is not None:
+                    if not self._reading:
+                        self._maybe_resume()
+                    return reply  # type: ignore[no-any-return]
+                if self._error is not None:
+                    raise self._error
+                self._waiter = waiter = self._loop.create_future()
+                if self._timeout is None:
+                    await waiter
+                    self._waiter = None
+                else:
+                    await self._wait(waiter)
+        except BaseException as exc:
+            self._abort(exc)
+            raise
 
     async def send(self, message: str | bytes) -> None:
         """Sends one message without waiting for its reply (pipelining: use
         the framed protocol, raw replies carry no boundaries)."""
         self._check_open()
         try:
-            done = self._core.send(message)
-            while not done:
-                await self._wait_writable()
-                done = self._core.flush()
+            sent = self._core.send(message)
         except (ValueError, TypeError):
             raise  # Refused before anything was sent: the connection is fine.
+        try:
+            if not sent:
+                await self._flush()
         except BaseException as exc:
             self._abort(exc)
             raise
@@ -451,9 +476,8 @@ class Client:
             while True:
                 reply = self._core.reply(text)
                 if reply is not None:
-                    if self._paused() and self._core.buffered < _ROOM:
-                        self._reading = True
-                        self._loop.add_reader(self._fd, self._on_readable)
+                    if not self._reading:
+                        self._maybe_resume()
                     return reply
                 if self._error is not None:
                     raise self._error
@@ -462,9 +486,17 @@ class Client:
             self._abort(exc)
             raise
 
-    def _paused(self) -> bool:
-        """Stopped reading only because too much waits unread?"""
-        return not self._reading and self._error is None and not self._core.at_eof
+    async def _flush(self) -> None:
+        """Writes what the socket did not take at once."""
+        while not self._core.flush():
+            await self._wait_writable()
+
+    def _maybe_resume(self) -> None:
+        """Reads again if it stopped only because too much waited unread."""
+        core = self._core
+        if self._error is None and not core.at_eof and core.buffered < _ROOM:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._on_readable)
 
     def _on_readable(self) -> None:
         try:
