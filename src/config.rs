@@ -9,6 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::protocol::{DEFAULT_BUFFER_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, Protocol};
+pub use crate::proxy::ProxyPolicy;
 
 /// How a server behaves; every limit has a safe default.
 #[derive(Clone, Debug)]
@@ -50,6 +51,12 @@ pub struct Config {
     /// How long a shutdown waits for handlers still running before it closes
     /// their connections anyway (default 5 s).
     pub shutdown_timeout: Duration,
+    /// Expect a PROXY protocol header on every connection, believed from
+    /// these sources only (default: no header).
+    pub proxy: Option<ProxyPolicy>,
+    /// Share the port with other processes (`SO_REUSEPORT`): the kernel
+    /// spreads connections among them (default off).
+    pub reuse_port: bool,
 }
 
 /// `min(32, cpus + 4)`, the default size of Python's `ThreadPoolExecutor`:
@@ -76,6 +83,8 @@ impl Default for Config {
             tls: None,
             handler_threads: default_handler_threads(),
             shutdown_timeout: Duration::from_secs(5),
+            proxy: None,
+            reuse_port: false,
         }
     }
 }

@@ -43,11 +43,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ProxyPolicy};
 use crate::error::{Error, Result};
+use crate::handler::py_address;
 use crate::idle::{Registered, Registry};
 use crate::outbox::{Delivered, Outbox};
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Reply, is_bye};
+use crate::proxy;
 use crate::runner::Runner;
 use crate::stats::Stats;
 
@@ -112,7 +114,7 @@ enum End {
 /// Never returns an error: failures are logged with the peer address and
 /// counted, and go no further than this connection.
 pub(crate) async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     session: Session,
@@ -122,14 +124,29 @@ pub(crate) async fn serve(
     // every connection lock the same mutex each time it waits for a message.
     let shutdown = shutdown.child_token();
     let registered = shared.idle.register(shutdown.clone());
-    let name: Arc<str> = py_address(peer).into();
     shared.stats.connection_opened();
+    // Behind a load balancer, the client is who its PROXY header says.
+    let peer = match &shared.config.proxy {
+        None => peer,
+        Some(policy) => {
+            match client_behind_proxy(&mut stream, peer, &shared, &shutdown, policy).await {
+                Ok(client) => client,
+                Err(e) => {
+                    shared.stats.connection_closed(true);
+                    warn!("Connection from {} refused: {e}", py_address(peer));
+                    return;
+                }
+            }
+        }
+    };
+    let name: Arc<str> = py_address(peer).into();
     info!("Connected by {name}");
     let result = match open(stream, &shared, &shutdown).await {
         Ok(transport) => {
             let mut conn = Connection {
                 transport,
                 peer: name.clone(),
+                addr: peer,
                 shared: &shared,
                 session,
                 shutdown: &shutdown,
@@ -172,17 +189,23 @@ pub(crate) async fn serve(
     log!(session.close_level, "Connection with {name} closed.");
 }
 
-/// Formats an address the way Python prints a socket address tuple.
-pub(crate) fn py_address(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => format!("('{}', {})", a.ip(), a.port()),
-        SocketAddr::V6(a) => format!(
-            "('{}', {}, {}, {})",
-            a.ip(),
-            a.port(),
-            a.flowinfo(),
-            a.scope_id()
-        ),
+/// Reads the PROXY header of a connection from `peer`, bounded like a
+/// message by the message timeout; returns the client it names.
+async fn client_behind_proxy(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    policy: &ProxyPolicy,
+) -> Result<SocketAddr> {
+    let limit = shared.config.message_timeout;
+    let header = until(
+        limit.map(|t| Instant::now() + t),
+        proxy::read_header(stream, peer, policy),
+    );
+    tokio::select! {
+        result = header => result.unwrap_or(Err(Error::Timeout(limit.unwrap_or_default()))),
+        _ = shutdown.cancelled() => Err(Error::Io(io::ErrorKind::Interrupted.into())),
     }
 }
 
@@ -293,6 +316,8 @@ impl Transport {
 struct Connection<'a> {
     transport: Transport,
     peer: Arc<str>,
+    /// The client's address (behind a proxy, the one its header gave).
+    addr: SocketAddr,
     shared: &'a Shared,
     session: Session,
     shutdown: &'a CancellationToken,
@@ -563,7 +588,7 @@ impl Connection<'_> {
             self.settle().await?;
             let outbox = self.outbox();
             outbox.begin();
-            runner.submit(self.peer.clone(), data, messages, outbox);
+            runner.submit(self.addr, data, messages, outbox);
         }
         if bye || refused.is_some() || batch.end.is_some() {
             // What ends the session goes out after every reply owed.

@@ -423,7 +423,11 @@ mod tests {
     }
 
     impl Handler for Upper {
-        fn reply(&self, _peer: &str, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        fn reply(
+            &self,
+            _peer: std::net::SocketAddr,
+            message: &[u8],
+        ) -> Result<Option<Vec<u8>>, String> {
             self.calls.fetch_add(1, Relaxed);
             match message {
                 b"slow" => {
@@ -537,7 +541,11 @@ mod tests {
     struct Busy;
 
     impl Handler for Busy {
-        fn reply(&self, _peer: &str, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        fn reply(
+            &self,
+            _peer: std::net::SocketAddr,
+            message: &[u8],
+        ) -> Result<Option<Vec<u8>>, String> {
             let until = Instant::now() + Duration::from_millis(1);
             while Instant::now() < until {
                 std::hint::spin_loop();

@@ -11,6 +11,22 @@
 //!
 //! A plain Rust handler implements [`Handler::reply`] and nothing else.
 
+use std::net::SocketAddr;
+
+/// Formats an address the way Python prints a socket address tuple.
+pub fn py_address(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("('{}', {})", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!(
+            "('{}', {}, {}, {})",
+            a.ip(),
+            a.port(),
+            a.flowinfo(),
+            a.scope_id()
+        ),
+    }
+}
+
 /// Runs a wait with whatever the handler thread holds (an interpreter lock,
 /// say) released.
 pub trait Detach {
@@ -29,12 +45,11 @@ impl Detach for Nothing {
 
 /// Computes replies in place of the echo.
 pub trait Handler: Send + Sync {
-    /// Answers `message` from the client at `peer` (formatted like a Python
-    /// address tuple): the bytes to send back, `Ok(None)` for the default
+    /// Answers `message` from the client at `peer`: the bytes to send back, `Ok(None)` for the default
     /// echo, or `Err` with a description when it failed (the handler logs
     /// the details itself). A failure closes that client's connection and
     /// nothing else. May block: it runs on a handler thread.
-    fn reply(&self, peer: &str, message: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    fn reply(&self, peer: SocketAddr, message: &[u8]) -> Result<Option<Vec<u8>>, String>;
 
     /// Runs a handler thread's life, `thread`, inside whatever context
     /// [`Handler::reply`] needs, handing it the way to release that context

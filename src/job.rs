@@ -14,6 +14,7 @@
 //! could not start, an event loop that closed) settles itself with a
 //! failure, so its connection closes instead of waiting for ever.
 
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use log::error;
 
 use crate::error::Error;
+use crate::handler::py_address;
 use crate::outbox::Outbox;
 use crate::protocol::{Codec, Protocol};
 
@@ -34,7 +36,7 @@ pub(crate) struct Replies {
 
 /// Every whole message one connection has read, with the replies so far.
 pub struct Job {
-    peer: Arc<str>,
+    peer: SocketAddr,
     data: Bytes,
     messages: Vec<Range<usize>>,
     /// How many messages have their reply in `out`.
@@ -51,7 +53,7 @@ impl Job {
     /// A job of `messages` (ranges of `data`) from `peer`, whose replies go
     /// to `outbox`, which the caller has marked as having a job in flight.
     pub(crate) fn new(
-        peer: Arc<str>,
+        peer: SocketAddr,
         data: Bytes,
         messages: Vec<Range<usize>>,
         replies: Arc<Replies>,
@@ -69,9 +71,9 @@ impl Job {
         }
     }
 
-    /// The client's address, formatted like a Python address tuple.
-    pub fn peer(&self) -> &str {
-        &self.peer
+    /// The client's address (behind a proxy, the one its header gave).
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     /// How many messages the job carries.
@@ -111,7 +113,11 @@ impl Job {
             Ok(Some(reply)) => match self.refusal(reply) {
                 None => self.replies.codec.encode(&[reply], &mut self.out),
                 Some(refused) => {
-                    error!(target: "sockdemo::handler", "Handler reply to {} refused: {refused}", self.peer);
+                    error!(
+                        target: "sockdemo::handler",
+                        "Handler reply to {} refused: {refused}",
+                        py_address(self.peer)
+                    );
                     Err(refused)
                 }
             },
@@ -239,7 +245,7 @@ pub(crate) mod testing {
         let outbox = Arc::new(Outbox::new(None, stats.clone()));
         outbox.begin();
         let job = Job::new(
-            "peer".into(),
+            ([127, 0, 0, 1], 5555).into(),
             Bytes::from(data),
             ranges,
             replies,

@@ -14,6 +14,7 @@
 //! * [`server`]: the accept loop, the connection limit, graceful shutdown, and
 //!   the blocking [`server::Server`] handle Python drives.
 //! * `connection`: one client's session: buffers, timeouts, replies.
+//! * [`proxy`]: the PROXY protocol header a load balancer puts first.
 //! * [`handler`]: what a reply handler is, for code that decides the replies.
 //! * [`runner`]: who runs the handler: the thread pool, or an event loop.
 //! * [`job`]: the messages handed to a handler, and the rules of its replies.
@@ -47,6 +48,7 @@ pub mod job;
 pub mod loop_client;
 mod outbox;
 pub mod protocol;
+pub mod proxy;
 pub mod runner;
 pub mod server;
 pub mod stats;

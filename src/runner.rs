@@ -7,6 +7,7 @@
 //! [`Runner`] either way: they submit jobs, and open and close it with the
 //! server.
 
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -64,7 +65,7 @@ impl Runner {
     /// to `outbox`, which the caller has marked as having a job in flight.
     pub fn submit(
         &self,
-        peer: Arc<str>,
+        peer: SocketAddr,
         data: Bytes,
         messages: Vec<Range<usize>>,
         outbox: Arc<Outbox>,

@@ -232,7 +232,7 @@ impl Backoff {
 /// # Errors
 ///
 /// Name resolution and bind failures (`EADDRINUSE`, `EACCES`…).
-pub fn bind(host: &str, port: u16, backlog: i32) -> Result<StdListener> {
+pub fn bind(host: &str, port: u16, backlog: i32, reuse_port: bool) -> Result<StdListener> {
     let mut addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| Error::resolve(host, e))?
@@ -242,7 +242,7 @@ pub fn bind(host: &str, port: u16, backlog: i32) -> Result<StdListener> {
     addrs.sort_by_key(SocketAddr::is_ipv6);
     let mut last = None;
     for addr in addrs {
-        match bind_one(addr, backlog) {
+        match bind_one(addr, backlog, reuse_port) {
             Ok(listener) => return Ok(listener),
             Err(e) => last = Some(e),
         }
@@ -255,10 +255,14 @@ pub fn bind(host: &str, port: u16, backlog: i32) -> Result<StdListener> {
     })))
 }
 
-fn bind_one(addr: SocketAddr, backlog: i32) -> io::Result<StdListener> {
+fn bind_one(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<StdListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     socket.set_nonblocking(true)?;
@@ -304,7 +308,7 @@ impl Server {
             return Err(Error::invalid("handler_threads must be at least 1"));
         }
         let codec = Codec::new(config.protocol, config.buffer_size, config.max_message_size)?;
-        let listener = bind(host, port, config.backlog)?;
+        let listener = bind(host, port, config.backlog, config.reuse_port)?;
         let local_addr = listener.local_addr()?;
         let runner = handling.map(|handling| {
             Runner::new(

@@ -17,7 +17,11 @@ struct Upper {
 }
 
 impl Handler for Upper {
-    fn reply(&self, _peer: &str, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    fn reply(
+        &self,
+        _peer: std::net::SocketAddr,
+        message: &[u8],
+    ) -> Result<Option<Vec<u8>>, String> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         match message {
             b"echo" => Ok(None),

@@ -6,7 +6,7 @@ Import from :mod:`sockdemo`, which re-exports everything here.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, final, overload
@@ -79,6 +79,18 @@ class Server:
     ``message_timeout`` bounds receiving a message once started and the TLS
     handshake, ``write_timeout`` bounds writing a reply, ``shutdown_timeout``
     bounds how long a shutdown waits for handlers still running.
+
+    Behind a load balancer, ``proxy_protocol=True`` expects a PROXY header
+    (v1 or v2, as HAProxy's ``send-proxy-v2``) first on every connection,
+    believed only from ``proxy_allow`` (networks like ``"10.0.0.0/8"``;
+    default loopback); a connection without one, or from elsewhere, is
+    refused. The header's client address is what logs and handlers see.
+    ``reuse_port=True`` shares the port with other processes
+    (``SO_REUSEPORT``), which the kernel spreads connections among.
+
+    A handler that takes two arguments is called as ``handler(message,
+    peer)``, ``peer`` being the client's ``(host, port)``: the real client
+    behind a proxy.
     """
 
     def __new__(
@@ -101,6 +113,9 @@ class Server:
         shutdown_timeout: float = 5.0,
         evict_idle_after: float | None = 10.0,
         max_buffered_bytes: int = 67108864,
+        proxy_protocol: bool = False,
+        proxy_allow: Sequence[str] | None = None,
+        reuse_port: bool = False,
     ) -> Server: ...
     @property
     def server_address(self) -> tuple[Any, ...]:
@@ -263,7 +278,7 @@ class PendingJob:
     """A message whose handler is running in a Task."""
 
     @property
-    def peer(self) -> str | None: ...
+    def peer(self) -> tuple[Any, ...] | None: ...
     def resume(self, reply: object) -> None: ...
     def fail(self, error: BaseException) -> None: ...
     def cancel(self) -> None: ...

@@ -271,6 +271,24 @@ def _add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> 
         help="on Ctrl+C or SIGTERM, wait this long for handlers still running; "
         "a second Ctrl+C stops at once (default 5)",
     )
+    parser.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy-v2) first on "
+        "every connection; the client it names is what logs and handlers see",
+    )
+    parser.add_argument(
+        "--proxy-allow",
+        metavar="CIDR,...",
+        help="believe PROXY headers only from these networks or addresses "
+        "(default 127.0.0.0/8,::1; needs --proxy-protocol)",
+    )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other sockdemo processes (SO_REUSEPORT); "
+        "--workers does this for you",
+    )
     parser.add_argument("--certfile", metavar="PEM", help="serve TLS with this certificate chain")
     parser.add_argument(
         "--keyfile", metavar="PEM", help="the certificate's private key (default: in --certfile)"
@@ -349,6 +367,9 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
         "evict_idle_after": args.evict_idle_after,
         "max_buffered_bytes": args.max_buffered,
         "shutdown_timeout": args.shutdown_timeout,
+        "proxy_protocol": args.proxy_protocol,
+        "proxy_allow": args.proxy_allow.split(",") if args.proxy_allow else None,
+        "reuse_port": args.reuse_port,
     }
 
 

@@ -10,11 +10,17 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
-use super::convert::{decode_text, encode_text};
-use crate::handler::{Detach, Handler};
+use std::net::SocketAddr;
 
-/// A Python callable `str -> str | bytes | None`.
-pub(super) struct PyHandler(pub Py<PyAny>);
+use super::convert::{address, decode_text, encode_text};
+use crate::handler::{Detach, Handler, py_address};
+
+/// A Python callable `str -> str | bytes | None`, or `(str, (host, port))
+/// -> ...` when it takes the peer too.
+pub(super) struct PyHandler {
+    callable: Py<PyAny>,
+    with_peer: bool,
+}
 
 /// Detaches from the interpreter while a handler thread waits.
 struct Released<'py>(Python<'py>);
@@ -30,19 +36,27 @@ impl Handler for PyHandler {
         Python::attach(|py| thread(&Released(py)));
     }
 
-    fn reply(&self, peer: &str, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    fn reply(&self, peer: SocketAddr, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
         // Already attached on a handler thread: this only counts the nesting.
         Python::attach(|py| {
-            self.call(py, message)
+            self.call(py, peer, message)
                 .map_err(|err| log_failure(py, peer, err))
         })
     }
 }
 
 impl PyHandler {
-    fn call(&self, py: Python<'_>, message: &[u8]) -> PyResult<Option<Vec<u8>>> {
-        let reply = self.0.call1(py, (decode_text(py, message)?,))?;
-        let reply = reply.bind(py);
+    pub fn new(py: Python<'_>, callable: Py<PyAny>) -> Self {
+        let with_peer = wants_peer(callable.bind(py));
+        PyHandler {
+            callable,
+            with_peer,
+        }
+    }
+
+    fn call(&self, py: Python<'_>, peer: SocketAddr, message: &[u8]) -> PyResult<Option<Vec<u8>>> {
+        let reply = call_handler(self.callable.bind(py), self.with_peer, peer, message)?;
+        let reply = &reply;
         if reply.is_none() {
             Ok(None)
         } else if let Ok(text) = reply.cast::<PyString>() {
@@ -58,9 +72,55 @@ impl PyHandler {
     }
 }
 
+/// Does `handler` take the peer's address as a second argument? It does if
+/// its signature has two positional parameters or more.
+pub(super) fn wants_peer(handler: &Bound<'_, PyAny>) -> bool {
+    let counted = || -> PyResult<usize> {
+        let py = handler.py();
+        let inspect = py.import("inspect")?;
+        let parameter = inspect.getattr("Parameter")?;
+        let positional = [
+            parameter.getattr("POSITIONAL_ONLY")?,
+            parameter.getattr("POSITIONAL_OR_KEYWORD")?,
+        ];
+        let signature = inspect.call_method1("signature", (handler,))?;
+        let mut count = 0;
+        for p in signature
+            .getattr("parameters")?
+            .call_method0("values")?
+            .try_iter()?
+        {
+            let kind = p?.getattr("kind")?;
+            if positional.iter().any(|k| k.eq(&kind).unwrap_or(false)) {
+                count += 1;
+            }
+        }
+        Ok(count)
+    };
+    // Builtins without a signature take the message alone.
+    counted().is_ok_and(|n| n >= 2)
+}
+
+/// Calls `handler` with the message, and the peer's `(host, port)` if it
+/// wants it.
+pub(super) fn call_handler<'py>(
+    handler: &Bound<'py, PyAny>,
+    with_peer: bool,
+    peer: SocketAddr,
+    message: &[u8],
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = handler.py();
+    let text = decode_text(py, message)?;
+    if with_peer {
+        handler.call1((text, address(py, peer)?))
+    } else {
+        handler.call1((text,))
+    }
+}
+
 /// Logs a handler's exception under `sockdemo.handler` with its traceback,
 /// formatted by Python's own logging; returns its text.
-pub(super) fn log_failure(py: Python<'_>, peer: &str, err: PyErr) -> String {
+pub(super) fn log_failure(py: Python<'_>, peer: SocketAddr, err: PyErr) -> String {
     let text = err.to_string();
     let logged = py
         .import("logging")
@@ -70,7 +130,7 @@ pub(super) fn log_failure(py: Python<'_>, peer: &str, err: PyErr) -> String {
             kwargs.set_item("exc_info", err.into_value(py))?;
             logger.call_method(
                 "error",
-                ("Handler failed for the message from %s", peer),
+                ("Handler failed for the message from %s", py_address(peer)),
                 Some(&kwargs),
             )
         });

@@ -23,10 +23,12 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyType};
+use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
-use super::convert::{decode_text, encode_text};
-use super::handler::log_failure;
+use std::net::SocketAddr;
+
+use super::convert::{address, encode_text};
+use super::handler::{call_handler, log_failure, wants_peer};
 use crate::error::Error;
 use crate::handoff::Handoff;
 use crate::job::Job;
@@ -40,6 +42,8 @@ const MAX_ROUNDS: usize = 16;
 pub(super) struct LoopHandler {
     pub(super) handoff: Arc<Handoff>,
     handler: Py<PyAny>,
+    /// Does the handler take the peer's address too?
+    with_peer: bool,
     /// `follow(job, awaitable, started, waiting)`: finishes a handler that
     /// suspended (or an awaitable not yet started) in a Task.
     follow: Py<PyAny>,
@@ -78,6 +82,7 @@ impl LoopHandler {
         handoff.claim();
         Ok(LoopHandler {
             handoff: Arc::new(handoff),
+            with_peer: wants_peer(handler.bind(py)),
             handler,
             follow,
             finished,
@@ -127,7 +132,7 @@ impl LoopHandler {
     fn advance(&self, slf: &Bound<'_, Self>, mut job: Job) {
         let py = slf.py();
         while let Some(message) = job.next() {
-            let go_on = match self.call(py, message) {
+            let go_on = match self.call(py, job.peer(), message) {
                 Ok(Called::Reply(reply)) => job.answer(Ok(reply.as_deref())),
                 Ok(Called::Suspended { coroutine, waiting }) => {
                     return self.suspend(slf, job, coroutine, true, waiting);
@@ -151,8 +156,13 @@ impl LoopHandler {
     }
 
     /// Calls the handler with `message` and starts what it returns.
-    fn call<'py>(&self, py: Python<'py>, message: &[u8]) -> PyResult<Called<'py>> {
-        let result = self.handler.bind(py).call1((decode_text(py, message)?,))?;
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        peer: SocketAddr,
+        message: &[u8],
+    ) -> PyResult<Called<'py>> {
+        let result = call_handler(self.handler.bind(py), self.with_peer, peer, message)?;
         if result.is_instance(self.coroutine.bind(py))? {
             return match result.call_method1("send", (py.None(),)) {
                 Ok(waiting) => Ok(Called::Suspended {
@@ -188,7 +198,7 @@ impl LoopHandler {
         waiting: Bound<'_, PyAny>,
     ) {
         let py = slf.py();
-        let peer = job.peer().to_owned();
+        let peer = job.peer();
         let pending = PendingJob {
             job: Some(job),
             owner: slf.clone().unbind(),
@@ -199,7 +209,7 @@ impl LoopHandler {
                 .call1((pending, awaitable, started, waiting))
         });
         if let Err(e) = followed {
-            log_failure(py, &peer, e);
+            log_failure(py, peer, e);
         }
     }
 }
@@ -229,10 +239,13 @@ pub(super) struct PendingJob {
 
 #[pymethods]
 impl PendingJob {
-    /// The client's address, as a string.
+    /// The client's `(host, port)`.
     #[getter]
-    fn peer(&self) -> Option<&str> {
-        self.job.as_ref().map(Job::peer)
+    fn peer<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.job
+            .as_ref()
+            .map(|job| address(py, job.peer()))
+            .transpose()
     }
 
     /// The handler returned `reply`: answers with it and goes on with the

@@ -18,7 +18,7 @@ use super::errors::to_py;
 use super::handler::PyHandler;
 use super::loop_handler::LoopHandler;
 use crate::client::TICK;
-use crate::config::{self, Config, Mode};
+use crate::config::{self, Config, Mode, ProxyPolicy};
 use crate::protocol;
 use crate::runner::Handling;
 use crate::server;
@@ -52,12 +52,13 @@ impl Server {
         keyfile = None, handler = None, *, buffer_size = protocol::DEFAULT_BUFFER_SIZE,
         max_message_size = protocol::DEFAULT_MAX_MESSAGE_SIZE, message_timeout = Some(30.0),
         write_timeout = Some(30.0), handler_threads = None, shutdown_timeout = 5.0,
-        evict_idle_after = Some(10.0), max_buffered_bytes = 64 << 20
+        evict_idle_after = Some(10.0), max_buffered_bytes = 64 << 20, proxy_protocol = false,
+        proxy_allow = None, reuse_port = false
     ))]
     // Spelled out so that help() shows the defaults (the constants' values;
     // a test checks they agree) instead of "...".
     #[pyo3(
-        text_signature = "(host='127.0.0.1', port=0, max_clients=100, protocol='raw', reply_prefix='Server received: ', idle_timeout=None, certfile=None, keyfile=None, handler=None, *, buffer_size=1024, max_message_size=1048576, message_timeout=30.0, write_timeout=30.0, handler_threads=None, shutdown_timeout=5.0, evict_idle_after=10.0, max_buffered_bytes=67108864)"
+        text_signature = "(host='127.0.0.1', port=0, max_clients=100, protocol='raw', reply_prefix='Server received: ', idle_timeout=None, certfile=None, keyfile=None, handler=None, *, buffer_size=1024, max_message_size=1048576, message_timeout=30.0, write_timeout=30.0, handler_threads=None, shutdown_timeout=5.0, evict_idle_after=10.0, max_buffered_bytes=67108864, proxy_protocol=False, proxy_allow=None, reuse_port=False)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -79,6 +80,9 @@ impl Server {
         shutdown_timeout: f64,
         evict_idle_after: Option<f64>,
         max_buffered_bytes: usize,
+        proxy_protocol: bool,
+        proxy_allow: Option<Vec<String>>,
+        reuse_port: bool,
     ) -> PyResult<Self> {
         if let Some(reset) = LOG_RESET.get() {
             reset.reset();
@@ -106,6 +110,8 @@ impl Server {
             handler_threads: handler_threads.unwrap_or_else(config::default_handler_threads),
             shutdown_timeout: seconds("shutdown_timeout", Some(shutdown_timeout))?
                 .unwrap_or_default(),
+            proxy: proxy_policy(proxy_protocol, proxy_allow)?,
+            reuse_port,
             ..Config::default()
         };
         let handler = handler.map(|h| handling(py, h)).transpose()?;
@@ -253,6 +259,23 @@ impl Server {
     }
 }
 
+/// The PROXY policy the keywords ask for: `proxy_allow` (networks) only
+/// with `proxy_protocol`, loopback when not given.
+fn proxy_policy(on: bool, allow: Option<Vec<String>>) -> PyResult<Option<ProxyPolicy>> {
+    match (on, allow) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(PyValueError::new_err(
+            "proxy_allow needs proxy_protocol=True",
+        )),
+        (true, None) => Ok(Some(ProxyPolicy::default())),
+        (true, Some(allow)) => allow
+            .join(",")
+            .parse()
+            .map(Some)
+            .map_err(|e: crate::Error| PyValueError::new_err(e.to_string())),
+    }
+}
+
 /// How the server runs `handler`: on an event loop if it is a
 /// `LoopHandler` (`sockdemo.aio` makes one), else on handler threads.
 fn handling(py: Python<'_>, handler: Py<PyAny>) -> PyResult<Handling> {
@@ -263,7 +286,10 @@ fn handling(py: Python<'_>, handler: Py<PyAny>) -> PyResult<Handling> {
     if !handler.is_callable() {
         return Err(PyTypeError::new_err("handler must be callable"));
     }
-    Ok(Handling::Threads(Arc::new(PyHandler(handler.unbind()))))
+    Ok(Handling::Threads(Arc::new(PyHandler::new(
+        py,
+        handler.unbind(),
+    ))))
 }
 
 /// Stops every server still running; registered with `atexit`.

@@ -1,0 +1,238 @@
+//! The PROXY protocol: who the client really is, behind a load balancer.
+//!
+//! HAProxy (and most TCP load balancers) can open each connection to a
+//! backend with a header naming the client it is relaying: text in version
+//! 1 (`PROXY TCP4 203.0.113.7 192.0.2.1 51234 65432\r\n`), binary in version
+//! 2 (HAProxy's `send-proxy-v2`). The header comes before anything else, TLS
+//! included, and is parsed here with the `ppp` crate.
+//!
+//! A header is believed only from the sources a [`ProxyPolicy`] allows (by
+//! default loopback only): anyone else could claim any address. A connection
+//! from another source, or with a malformed, truncated or missing header, is
+//! refused; the caller logs why and closes it. The header is read exactly,
+//! never past its end, so what follows (a TLS handshake, the first message)
+//! is untouched.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use ppp::HeaderResult;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::error::{Error, Result};
+
+/// The longest version 1 header the specification allows.
+const V1_MAX: usize = 107;
+/// The shortest header of either version (`PROXY UNKNOWN\r\n`).
+const SHORTEST: usize = 15;
+/// Version 2 starts with these twelve bytes.
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// The most a version 2 header may carry after its fixed 16 bytes: the
+/// addresses and any TLVs. HAProxy's own are far smaller.
+const V2_MAX_PAYLOAD: usize = 4096;
+
+/// Which sources may send a PROXY header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyPolicy {
+    allow: Vec<IpNet>,
+}
+
+impl ProxyPolicy {
+    /// Headers are believed from these networks only.
+    pub fn new(allow: Vec<IpNet>) -> Self {
+        ProxyPolicy { allow }
+    }
+
+    /// Does the policy believe a header from `ip`?
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let ip = ip.to_canonical();
+        self.allow.iter().any(|net| net.contains(&ip))
+    }
+}
+
+impl Default for ProxyPolicy {
+    /// Loopback only: a load balancer on the same machine.
+    fn default() -> Self {
+        "127.0.0.0/8,::1/128"
+            .parse()
+            .expect("the loopback networks parse")
+    }
+}
+
+impl FromStr for ProxyPolicy {
+    type Err = Error;
+
+    /// Comma-separated networks (`10.0.0.0/8`) or single addresses.
+    fn from_str(list: &str) -> Result<Self> {
+        let allow = list
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse::<IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        Error::invalid(format!(
+                            "{item:?} is not a network (like 10.0.0.0/8) or an address"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if allow.is_empty() {
+            return Err(Error::invalid("the PROXY allow list is empty"));
+        }
+        Ok(ProxyPolicy { allow })
+    }
+}
+
+impl fmt::Display for ProxyPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nets: Vec<String> = self.allow.iter().map(ToString::to_string).collect();
+        f.write_str(&nets.join(","))
+    }
+}
+
+/// Reads the PROXY header at the start of `stream`, which came from `peer`,
+/// and returns the client's address: the header's source, or `peer` itself
+/// for a header that names none (a health check: `LOCAL`, `UNKNOWN`).
+///
+/// # Errors
+///
+/// [`Error::Protocol`] for a source the policy does not allow, a missing or
+/// malformed header, or a connection that ends inside it; [`Error::Io`].
+pub(crate) async fn read_header(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    policy: &ProxyPolicy,
+) -> Result<SocketAddr> {
+    if !policy.allows(peer.ip()) {
+        return Err(Error::Protocol(format!(
+            "a PROXY header is only accepted from {policy}, not from {}",
+            peer.ip()
+        )));
+    }
+    let mut header = vec![0; SHORTEST];
+    read_exact(stream, &mut header).await?;
+    if header.starts_with(V2_SIGNATURE) {
+        // Signature, version and command, family, then the payload length.
+        header.resize(16, 0);
+        read_exact(stream, &mut header[SHORTEST..]).await?;
+        let payload = usize::from(u16::from_be_bytes([header[14], header[15]]));
+        if payload > V2_MAX_PAYLOAD {
+            return Err(Error::Protocol(format!(
+                "a PROXY v2 header announcing {payload} bytes, more than the {V2_MAX_PAYLOAD} accepted"
+            )));
+        }
+        header.resize(16 + payload, 0);
+        read_exact(stream, &mut header[16..]).await?;
+    } else if header.starts_with(b"PROXY ") {
+        // Text: up to the line's end, one byte at a time so as not to read
+        // past it (the header is short, and sent once per connection).
+        while !header.ends_with(b"\r\n") {
+            if header.len() == V1_MAX {
+                return Err(Error::Protocol(format!(
+                    "a PROXY v1 header longer than {V1_MAX} bytes"
+                )));
+            }
+            let mut byte = [0];
+            read_exact(stream, &mut byte).await?;
+            header.push(byte[0]);
+        }
+    } else {
+        return Err(Error::Protocol(
+            "no PROXY header: the connection did not come through the proxy".into(),
+        ));
+    }
+    client_address(&header).map(|client| client.unwrap_or(peer))
+}
+
+/// The source address a complete header names, if any.
+fn client_address(header: &[u8]) -> Result<Option<SocketAddr>> {
+    let malformed =
+        |e: &dyn fmt::Display| Error::Protocol(format!("a malformed PROXY header: {e}"));
+    match HeaderResult::parse(header) {
+        HeaderResult::V1(Ok(parsed)) => Ok(match parsed.addresses {
+            ppp::v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
+            ppp::v1::Addresses::Tcp6(a) => Some((a.source_address, a.source_port).into()),
+            ppp::v1::Addresses::Unknown => None,
+        }),
+        HeaderResult::V2(Ok(parsed)) => Ok(match (parsed.command, parsed.addresses) {
+            (ppp::v2::Command::Local, _) => None,
+            (_, ppp::v2::Addresses::IPv4(a)) => Some((a.source_address, a.source_port).into()),
+            (_, ppp::v2::Addresses::IPv6(a)) => Some((a.source_address, a.source_port).into()),
+            (_, ppp::v2::Addresses::Unix(_) | ppp::v2::Addresses::Unspecified) => None,
+        }),
+        HeaderResult::V1(Err(e)) => Err(malformed(&e)),
+        HeaderResult::V2(Err(e)) => Err(malformed(&e)),
+    }
+}
+
+async fn read_exact(stream: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
+    match stream.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Protocol(
+            "the connection ended inside its PROXY header".into(),
+        )),
+        Err(e) => Err(Error::from_io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_parses_networks_and_addresses() -> Result<()> {
+        let policy: ProxyPolicy = "10.0.0.0/8, 192.0.2.7,::1".parse()?;
+        assert!(policy.allows("10.1.2.3".parse().unwrap()));
+        assert!(policy.allows("192.0.2.7".parse().unwrap()));
+        assert!(!policy.allows("192.0.2.8".parse().unwrap()));
+        assert!(policy.allows("::1".parse().unwrap()));
+        assert!(
+            "10.0.0.0/33"
+                .parse::<ProxyPolicy>()
+                .is_err_and(|e| e.to_string().contains("10.0.0.0/33"))
+        );
+        assert!(" , ".parse::<ProxyPolicy>().is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn loopback_by_default_including_mapped_ipv4() {
+        let policy = ProxyPolicy::default();
+        assert!(policy.allows("127.0.0.1".parse().unwrap()));
+        assert!(policy.allows("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!policy.allows("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn addresses_from_both_versions() -> Result<()> {
+        let v1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 51234 65432\r\n";
+        assert_eq!(
+            client_address(v1)?,
+            Some("203.0.113.7:51234".parse().unwrap())
+        );
+        assert_eq!(client_address(b"PROXY UNKNOWN\r\n")?, None);
+        let mut v2 = V2_SIGNATURE.to_vec();
+        // PROXY command, TCP over IPv6, 36 bytes of addresses.
+        v2.extend_from_slice(&[0x21, 0x21, 0, 36]);
+        v2.extend_from_slice(
+            &"2001:db8::7"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        v2.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        v2.extend_from_slice(&[0xc8, 0x22, 0xff, 0x98]);
+        assert_eq!(
+            client_address(&v2)?,
+            Some("[2001:db8::7]:51234".parse().unwrap())
+        );
+        assert!(client_address(b"PROXY TCP4 nonsense\r\n").is_err());
+        Ok(())
+    }
+}
