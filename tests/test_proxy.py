@@ -129,7 +129,7 @@ def test_a_header_from_a_source_not_allowed_is_refused(serve, caplog) -> None:
 
 
 def test_bad_proxy_settings_are_value_errors() -> None:
-    with pytest.raises(ValueError, match="10.0.0.0/33"):
+    with pytest.raises(ValueError, match=r"10\.0\.0\.0/33"):
         sockdemo.Server(port=0, proxy_protocol=True, proxy_allow=["10.0.0.0/33"])
     with pytest.raises(ValueError, match="needs proxy_protocol"):
         sockdemo.Server(port=0, proxy_allow=["10.0.0.0/8"])
