@@ -359,6 +359,8 @@ impl Connection<'_> {
         let mut read_size = READ_CHUNK;
         // This connection's share of the buffered-bytes budget.
         let mut budget: Option<OwnedSemaphorePermit> = None;
+        // Has the client sent anything yet?
+        let mut heard = false;
         loop {
             let allowance = self.session.max_messages.map(|max| max - answered);
             let batch = match &shared.runner {
@@ -430,9 +432,19 @@ impl Connection<'_> {
                     }
                     transport.read_into(&mut inbuf, want).await
                 };
+                // A client accepted a moment before shutdown has had no chance
+                // to speak (a worker being replaced, say): its first message
+                // still gets an answer if it comes within the grace period.
+                let registered = self.registered;
+                let stop = async {
+                    self.shutdown.cancelled().await;
+                    if !heard && !registered.evicted() {
+                        tokio::time::sleep(SHUTDOWN_GRACE).await;
+                    }
+                };
                 tokio::select! {
                     biased;
-                    _ = self.shutdown.cancelled() => Woken::Shutdown,
+                    () = stop => Woken::Shutdown,
                     _ = needed => Woken::Outbox,
                     result = until(deadline, read) => Woken::Read(result),
                 }
@@ -453,6 +465,7 @@ impl Connection<'_> {
                 }
                 Woken::Read(Some(n)) => {
                     self.registered.busy();
+                    heard = true;
                     n?
                 }
                 // A handler still at work, or done since the timer was set,

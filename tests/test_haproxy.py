@@ -79,11 +79,9 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     frontend = free_port()
     ports = [free_port() for _ in SERVER_PORTS]
+    command = ["-m", "sockdemo", "server", "--protocol", "framed", "--proxy-protocol"]
     servers = [
-        Script(
-            "-m", "sockdemo", "server", "--port", str(port), "--protocol", "framed",
-            "--proxy-protocol", "--max-clients", "500", "--log-level", "info",
-        )  # fmt: skip
+        Script(*command, "--port", str(port), "--max-clients", "500", "--log-level", "info")
         for port in ports
     ]
     config = readme_config().replace(f":{FRONTEND_PORT}", f":{frontend}")

@@ -74,6 +74,16 @@ def _positive(value: str) -> int:
     return number
 
 
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value!r}")
+    return number
+
+
 def _seconds(value: str) -> float:
     try:
         seconds = float(value)
@@ -284,6 +294,14 @@ def _add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> 
         "(default 127.0.0.0/8,::1; needs --proxy-protocol)",
     )
     parser.add_argument(
+        "--workers",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="run N worker processes sharing the port (SO_REUSEPORT) under a supervisor "
+        "that restarts them; 0: one per CPU; SIGHUP replaces them one at a time (default 1)",
+    )
+    parser.add_argument(
         "--reuse-port",
         action="store_true",
         help="share the port with other sockdemo processes (SO_REUSEPORT); "
@@ -394,8 +412,47 @@ def _listening(address: tuple[Any, ...]) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    """Serves clients until Ctrl+C or SIGTERM (``server.v2.py``)."""
+    """Serves clients until Ctrl+C or SIGTERM (``server.v2.py``); with
+    ``--workers``, supervises worker processes that do."""
+    if getattr(args, "workers", 1) != 1:
+        return _supervise(args)
     return _serve(args, _serve_forever)
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    from . import supervisor
+
+    try:
+        load_handler(args.handler) if args.handler else None
+    except HandlerError as exc:
+        _say(f"Error: {exc}")
+        return 2
+    count = args.workers or os.cpu_count() or 1
+    try:
+        reserved = supervisor.reserve_port(args.host, args.port)
+    except OSError as exc:
+        return _refuse(exc, args)
+    with reserved:
+        host, port = reserved.getsockname()[:2]
+        options = {k: v for k, v in vars(args).items() if k not in ("main", "handler_function")}
+        options.update(port=port, reuse_port=True, workers=1)
+
+        def ready() -> None:
+            _listening((host, port))
+            _say(f"Started {count} workers.")
+
+        boss = supervisor.Supervisor(options, count, args.shutdown_timeout, _say)
+        return boss.run(ready)
+
+
+def serve_worker() -> int:
+    """A ``--workers`` worker: the server with the supervisor's options."""
+    from .supervisor import worker_options
+
+    options = worker_options()
+    if options is None:
+        return _fail("not started by a sockdemo supervisor")
+    return _serve(argparse.Namespace(**options), _serve_forever)
 
 
 def _serve_forever(server: Server) -> None:
