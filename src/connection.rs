@@ -51,7 +51,7 @@ use crate::outbox::{Delivered, Outbox};
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Reply, is_bye};
 use crate::proxy;
 use crate::runner::Runner;
-use crate::stats::Stats;
+use crate::stats::{Closed, Stats};
 
 /// The first read's size, and the size reads return to after a burst.
 const READ_CHUNK: usize = 16 * 1024;
@@ -110,6 +110,20 @@ enum End {
     Evicted,
 }
 
+impl End {
+    /// The reason label of the metrics.
+    fn reason(&self) -> Closed {
+        match self {
+            End::Closed => Closed::Client,
+            End::Bye => Closed::Bye,
+            End::Shutdown => Closed::Shutdown,
+            End::Limit => Closed::Limit,
+            End::Idle => Closed::Idle,
+            End::Evicted => Closed::Evicted,
+        }
+    }
+}
+
 /// Serves one accepted client until it leaves, fails, or the server stops.
 /// Never returns an error: failures are logged with the peer address and
 /// counted, and go no further than this connection.
@@ -132,7 +146,7 @@ pub(crate) async fn serve(
             match client_behind_proxy(&mut stream, peer, &shared, &shutdown, policy).await {
                 Ok(client) => client,
                 Err(e) => {
-                    shared.stats.connection_closed(true);
+                    shared.stats.connection_closed(Err(&e));
                     warn!("Connection from {} refused: {e}", py_address(peer));
                     return;
                 }
@@ -159,12 +173,17 @@ pub(crate) async fn serve(
             let result = conn.run().await;
             // Counted before the peer can see the close, so whoever sees it
             // also sees the counters that include it.
-            shared.stats.connection_closed(result.is_err());
+            shared
+                .stats
+                .connection_closed(result.as_ref().map(End::reason));
             conn.close().await;
             result
         }
         Err(e) => {
-            shared.stats.connection_closed(true);
+            if shared.tls.is_some() {
+                shared.stats.tls_failed();
+            }
+            shared.stats.connection_closed(Err(&e));
             Err(e)
         }
     };
@@ -368,6 +387,7 @@ impl Connection<'_> {
                 Some(runner) => self.dispatch(runner, &mut inbuf, allowance).await?,
             };
             if batch.taken > 0 {
+                shared.stats.messages_received(batch.taken);
                 answered += batch.taken;
                 message_deadline = None;
             }

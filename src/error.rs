@@ -50,6 +50,11 @@ pub enum Error {
     #[error("protocol error: {0}")]
     Protocol(String),
 
+    /// A connection's PROXY protocol header was missing, malformed, or came
+    /// from a source not allowed to send one.
+    #[error("{0}")]
+    Proxy(String),
+
     /// A server's reply handler failed (it has logged the details).
     #[error("handler failed: {0}")]
     Handler(String),

@@ -17,6 +17,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use log::error;
@@ -47,6 +48,8 @@ pub struct Job {
     replies: Arc<Replies>,
     /// Where the replies go; taken when the job is settled.
     outbox: Option<Arc<Outbox>>,
+    /// When the job was handed over.
+    since: Instant,
 }
 
 impl Job {
@@ -68,6 +71,7 @@ impl Job {
             error: None,
             replies,
             outbox: Some(outbox),
+            since: Instant::now(),
         }
     }
 
@@ -183,7 +187,8 @@ impl Job {
             ));
         }
         let out = std::mem::take(&mut self.out);
-        outbox.deliver(out, self.answered as u64, self.error.take(), write);
+        let took = self.since.elapsed();
+        outbox.deliver(out, self.answered as u64, self.error.take(), write, took);
     }
 }
 

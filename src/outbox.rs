@@ -17,7 +17,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::Socket;
 use tokio::sync::Notify;
@@ -90,12 +90,20 @@ impl Outbox {
         self.lock().in_flight = true;
     }
 
-    /// The pool settles the job: writes `out` (the replies to `answered`
-    /// messages) if asked to `write` and it can, keeps the rest and `error`
+    /// The pool settles the job, which `took` that long: writes `out` (the
+    /// replies to `answered` messages) if asked to `write` and it can, keeps the rest and `error`
     /// for the connection, and wakes the connection only if it has something
     /// to do.
-    pub fn deliver(&self, out: Vec<u8>, answered: u64, error: Option<Error>, write: bool) {
+    pub fn deliver(
+        &self,
+        out: Vec<u8>,
+        answered: u64,
+        error: Option<Error>,
+        write: bool,
+        took: Duration,
+    ) {
         self.stats.answered(answered, out.len());
+        self.stats.handled(took);
         let mut state = self.lock();
         let mut written = 0;
         if let Some(socket) = &self.socket

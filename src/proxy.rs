@@ -102,7 +102,7 @@ impl fmt::Display for ProxyPolicy {
 ///
 /// # Errors
 ///
-/// [`Error::Protocol`] for a source the policy does not allow, a missing or
+/// [`Error::Proxy`] for a source the policy does not allow, a missing or
 /// malformed header, or a connection that ends inside it; [`Error::Io`].
 pub(crate) async fn read_header(
     stream: &mut TcpStream,
@@ -110,7 +110,7 @@ pub(crate) async fn read_header(
     policy: &ProxyPolicy,
 ) -> Result<SocketAddr> {
     if !policy.allows(peer.ip()) {
-        return Err(Error::Protocol(format!(
+        return Err(Error::Proxy(format!(
             "a PROXY header is only accepted from {policy}, not from {}",
             peer.ip()
         )));
@@ -123,7 +123,7 @@ pub(crate) async fn read_header(
         read_exact(stream, &mut header[SHORTEST..]).await?;
         let payload = usize::from(u16::from_be_bytes([header[14], header[15]]));
         if payload > V2_MAX_PAYLOAD {
-            return Err(Error::Protocol(format!(
+            return Err(Error::Proxy(format!(
                 "a PROXY v2 header announcing {payload} bytes, more than the {V2_MAX_PAYLOAD} accepted"
             )));
         }
@@ -134,7 +134,7 @@ pub(crate) async fn read_header(
         // past it (the header is short, and sent once per connection).
         while !header.ends_with(b"\r\n") {
             if header.len() == V1_MAX {
-                return Err(Error::Protocol(format!(
+                return Err(Error::Proxy(format!(
                     "a PROXY v1 header longer than {V1_MAX} bytes"
                 )));
             }
@@ -143,7 +143,7 @@ pub(crate) async fn read_header(
             header.push(byte[0]);
         }
     } else {
-        return Err(Error::Protocol(
+        return Err(Error::Proxy(
             "no PROXY header: the connection did not come through the proxy".into(),
         ));
     }
@@ -152,8 +152,7 @@ pub(crate) async fn read_header(
 
 /// The source address a complete header names, if any.
 fn client_address(header: &[u8]) -> Result<Option<SocketAddr>> {
-    let malformed =
-        |e: &dyn fmt::Display| Error::Protocol(format!("a malformed PROXY header: {e}"));
+    let malformed = |e: &dyn fmt::Display| Error::Proxy(format!("a malformed PROXY header: {e}"));
     match HeaderResult::parse(header) {
         HeaderResult::V1(Ok(parsed)) => Ok(match parsed.addresses {
             ppp::v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
@@ -174,7 +173,7 @@ fn client_address(header: &[u8]) -> Result<Option<SocketAddr>> {
 async fn read_exact(stream: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
     match stream.read_exact(buf).await {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Protocol(
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Proxy(
             "the connection ended inside its PROXY header".into(),
         )),
         Err(e) => Err(Error::from_io(e)),

@@ -364,6 +364,11 @@ impl Server {
         snapshot
     }
 
+    /// Every counter in Prometheus' text format, for a `/metrics` endpoint.
+    pub fn metrics(&self) -> String {
+        self.shared.stats.render(self.stats().handler)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // The lock guards plain data and no code panics while holding it;
         // should that ever change, the data is still consistent to use.

@@ -1,21 +1,98 @@
-//! Counters a running server keeps about itself.
+//! Counters a running server keeps about itself, and the same counters in
+//! Prometheus' text format.
 //!
-//! Relaxed atomics: each counter is independent, and a snapshot that is a few
-//! nanoseconds stale is fine for observation. Connections add their bytes
-//! once per read or write, not per byte or per message batch member, so the
-//! counters cost next to nothing on the hot path.
+//! The counters are the `prometheus` crate's (atomics underneath), kept in a
+//! registry of the server's own, so `Server::stats()` and a `/metrics`
+//! scrape read the same numbers. Connections add their bytes once per read
+//! or write, not per byte or per message, and labelled counters are resolved
+//! once, when the server is made: the hot path costs a relaxed atomic add.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::error::Error;
+
+/// Why a connection ended, as the `reason` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The client closed its side.
+    Client,
+    /// The client said `bye`.
+    Bye,
+    /// Silent for the idle timeout.
+    Idle,
+    /// Closed while idle to make room for a waiting client.
+    Evicted,
+    /// The server shut down.
+    Shutdown,
+    /// The session's message allowance was used up.
+    Limit,
+    /// It failed: see `sockdemo_errors_total`.
+    Error,
+}
+
+const REASONS: [(Closed, &str); 7] = [
+    (Closed::Client, "client"),
+    (Closed::Bye, "bye"),
+    (Closed::Idle, "idle"),
+    (Closed::Evicted, "evicted"),
+    (Closed::Shutdown, "shutdown"),
+    (Closed::Limit, "limit"),
+    (Closed::Error, "error"),
+];
+
+/// The kinds of failure the `kind` label names.
+const KINDS: [&str; 8] = [
+    "timeout",
+    "reset",
+    "io",
+    "protocol",
+    "too_large",
+    "tls",
+    "handler",
+    "proxy",
+];
+
+/// The kind label of a connection's failure.
+fn kind(error: &Error) -> &'static str {
+    match error {
+        Error::Timeout(_) => "timeout",
+        Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "reset",
+        Error::MessageTooLarge { .. } => "too_large",
+        Error::Proxy(_) => "proxy",
+        Error::Protocol(_) => "protocol",
+        Error::Tls(_) | Error::NotTls(_) | Error::Certificate(_) => "tls",
+        Error::Handler(_) => "handler",
+        _ => "io",
+    }
+}
 
 /// Live counters, shared by the accept loop and every connection.
-#[derive(Debug, Default)]
 pub struct Stats {
-    accepted: AtomicU64,
-    active: AtomicU64,
-    messages: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-    errors: AtomicU64,
+    registry: Registry,
+    accepted: IntCounter,
+    active: IntGauge,
+    closed: Vec<IntCounter>,
+    errors: Vec<IntCounter>,
+    tls_failures: IntCounter,
+    messages_in: IntCounter,
+    messages_out: IntCounter,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    handler_seconds: Histogram,
+    handler_queued: IntGauge,
+    handler_threads: IntGauge,
+    handler_busy: IntGauge,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Stats").field(&self.snapshot()).finish()
+    }
 }
 
 /// What a server's handler pool looks like at one moment.
@@ -36,7 +113,7 @@ pub struct Snapshot {
     pub connections_accepted: u64,
     /// Connections being served now.
     pub connections_active: u64,
-    /// Messages received (and answered).
+    /// Messages answered.
     pub messages: u64,
     /// Bytes read from clients, framing included.
     pub bytes_in: u64,
@@ -48,38 +125,199 @@ pub struct Snapshot {
     pub handler: Load,
 }
 
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+/// Handler latencies: 50 µs to about 100 s, doubling.
+fn latency_buckets() -> Vec<f64> {
+    (0..22).map(|i| 50e-6 * f64::from(1u32 << i)).collect()
+}
+
 impl Stats {
+    /// Counters at zero, registered under the `sockdemo_` prefix.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("sockdemo".into()), None).expect("a valid prefix");
+        // Names and labels are constants, so making and registering them
+        // cannot fail; every metric has a name of its own.
+        let add = |metric: Box<dyn prometheus::core::Collector>| {
+            registry.register(metric).expect("distinct metric names");
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(Opts::new(name, help)).expect("a valid counter");
+            add(Box::new(c.clone()));
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(Opts::new(name, help)).expect("a valid gauge");
+            add(Box::new(g.clone()));
+            g
+        };
+        let family = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let family = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid labels");
+            add(Box::new(family.clone()));
+            values
+                .iter()
+                .map(|v| family.with_label_values(&[*v]))
+                .collect::<Vec<_>>()
+        };
+        let reasons: Vec<&str> = REASONS.iter().map(|(_, name)| *name).collect();
+        let handler_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "handler_seconds",
+                "Time from handing a batch of messages to the handler to its replies.",
+            )
+            .buckets(latency_buckets()),
+        )
+        .expect("valid buckets");
+        add(Box::new(handler_seconds.clone()));
+        Stats {
+            accepted: counter("connections_accepted_total", "Connections accepted."),
+            active: gauge("connections_active", "Connections being served now."),
+            closed: family(
+                "connections_closed_total",
+                "Connections closed, by reason.",
+                "reason",
+                &reasons,
+            ),
+            errors: family(
+                "errors_total",
+                "Connections that ended in an error, by kind.",
+                "kind",
+                &KINDS,
+            ),
+            tls_failures: counter(
+                "tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+            ),
+            messages_in: counter("messages_received_total", "Messages received from clients."),
+            messages_out: counter("messages_sent_total", "Replies sent to clients."),
+            bytes_in: counter(
+                "received_bytes_total",
+                "Bytes read from clients, framing included.",
+            ),
+            bytes_out: counter(
+                "sent_bytes_total",
+                "Bytes written to clients, framing included.",
+            ),
+            handler_seconds,
+            handler_queued: gauge("handler_queue_depth", "Messages waiting for the handler."),
+            handler_threads: gauge("handler_threads", "Handler threads running."),
+            handler_busy: gauge("handler_busy_threads", "Handler threads at work."),
+            registry,
+        }
+    }
+
     /// Takes a snapshot.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            connections_accepted: self.accepted.load(Relaxed),
-            connections_active: self.active.load(Relaxed),
-            messages: self.messages.load(Relaxed),
-            bytes_in: self.bytes_in.load(Relaxed),
-            bytes_out: self.bytes_out.load(Relaxed),
-            errors: self.errors.load(Relaxed),
+            connections_accepted: self.accepted.get(),
+            connections_active: self.active.get().max(0) as u64,
+            messages: self.messages_out.get(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            errors: self.errors.iter().map(IntCounter::get).sum(),
             handler: Load::default(),
         }
     }
 
-    pub(crate) fn connection_opened(&self) {
-        self.accepted.fetch_add(1, Relaxed);
-        self.active.fetch_add(1, Relaxed);
+    /// Every counter in Prometheus' text format (version 0.0.4), with the
+    /// handler pool's `load` now.
+    pub fn render(&self, load: Load) -> String {
+        self.handler_queued.set(load.queued as i64);
+        self.handler_threads.set(load.threads as i64);
+        self.handler_busy.set(load.busy as i64);
+        let mut out = Vec::new();
+        // Encoding text into memory cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
     }
 
-    pub(crate) fn connection_closed(&self, failed: bool) {
-        self.active.fetch_sub(1, Relaxed);
-        if failed {
-            self.errors.fetch_add(1, Relaxed);
+    pub(crate) fn connection_opened(&self) {
+        self.accepted.inc();
+        self.active.inc();
+    }
+
+    /// A connection ended: `Err` with its failure, or how it ended.
+    pub(crate) fn connection_closed(&self, how: Result<Closed, &Error>) {
+        self.active.dec();
+        let reason = match how {
+            Ok(reason) => reason,
+            Err(error) => {
+                let kind = kind(error);
+                if let Some(i) = KINDS.iter().position(|k| *k == kind) {
+                    self.errors[i].inc();
+                }
+                Closed::Error
+            }
+        };
+        if let Some(i) = REASONS.iter().position(|(r, _)| *r == reason) {
+            self.closed[i].inc();
         }
     }
 
+    pub(crate) fn tls_failed(&self) {
+        self.tls_failures.inc();
+    }
+
     pub(crate) fn received(&self, bytes: usize) {
-        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+        self.bytes_in.inc_by(bytes as u64);
+    }
+
+    pub(crate) fn messages_received(&self, messages: u64) {
+        self.messages_in.inc_by(messages);
     }
 
     pub(crate) fn answered(&self, messages: u64, bytes: usize) {
-        self.messages.fetch_add(messages, Relaxed);
-        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+        self.messages_out.inc_by(messages);
+        self.bytes_out.inc_by(bytes as u64);
+    }
+
+    pub(crate) fn handled(&self, took: Duration) {
+        self.handler_seconds.observe(took.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_carries_every_counter() {
+        let stats = Stats::new();
+        stats.connection_opened();
+        stats.connection_opened();
+        stats.received(10);
+        stats.messages_received(2);
+        stats.answered(2, 40);
+        stats.connection_closed(Ok(Closed::Bye));
+        stats.connection_closed(Err(&Error::Timeout(Duration::from_secs(1))));
+        stats.handled(Duration::from_millis(3));
+        let text = stats.render(Load {
+            queued: 4,
+            threads: 2,
+            busy: 1,
+        });
+        for line in [
+            "sockdemo_connections_accepted_total 2",
+            "sockdemo_connections_active 0",
+            "sockdemo_connections_closed_total{reason=\"bye\"} 1",
+            "sockdemo_connections_closed_total{reason=\"error\"} 1",
+            "sockdemo_errors_total{kind=\"timeout\"} 1",
+            "sockdemo_messages_received_total 2",
+            "sockdemo_sent_bytes_total 40",
+            "sockdemo_handler_seconds_count 1",
+            "sockdemo_handler_queue_depth 4",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.errors, 1);
+        assert_eq!(snapshot.messages, 2);
     }
 }

@@ -147,6 +147,11 @@ class Server:
         inside a handler it only asks, and the handler's reply still goes out."""
     def server_close(self) -> None:
         """Shuts down if serving, then releases the listening socket."""
+    def metrics(self) -> str:
+        """Every counter in Prometheus' text format, as ``/metrics`` serves it:
+        connections accepted, active and closed (by reason), messages and bytes
+        each way, errors by kind, TLS handshake failures, the handler's latency
+        histogram and queue depth."""
     def stats(self) -> dict[str, int]:
         """Counters: ``connections_accepted``, ``connections_active``,
         ``messages``, ``bytes_in``, ``bytes_out``, ``errors``, and the handler

@@ -126,6 +126,10 @@ class Server:
         """The server's counters, as :meth:`sockdemo.Server.stats`."""
         return self._core.stats()
 
+    def metrics(self) -> str:
+        """The counters in Prometheus' text format, as :meth:`sockdemo.Server.metrics`."""
+        return self._core.metrics()
+
     def is_serving(self) -> bool:
         """Is the server accepting connections?"""
         return not self._closing

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import importlib
 import inspect
@@ -22,7 +23,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable, NoReturn
 
 from . import _sockdemo
@@ -302,6 +303,13 @@ def _add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> 
         "that restarts them; 0: one per CPU; SIGHUP replaces them one at a time (default 1)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve the counters at http://HOST:PORT/metrics in Prometheus' text format "
+        "(with --workers, one endpoint adds up every worker's)",
+    )
+    parser.add_argument(
         "--reuse-port",
         action="store_true",
         help="share the port with other sockdemo processes (SO_REUSEPORT); "
@@ -406,6 +414,29 @@ def _open_server(args: argparse.Namespace) -> Server | None:
     return None
 
 
+@contextlib.contextmanager
+def _metrics_endpoint(args: argparse.Namespace, collect: Callable[[], str]) -> Iterator[None]:
+    """Serves ``collect()`` at ``/metrics`` if ``--metrics-port`` asks for it."""
+    port = getattr(args, "metrics_port", None)
+    if port is None:
+        yield
+        return
+    from . import metrics
+
+    host = getattr(args, "metrics_host", None) or args.host
+    try:
+        httpd = metrics.serve(host, port, collect)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
+    bound_port = httpd.server_address[1]
+    _say(f"Metrics at http://{host}:{bound_port}/metrics")
+    try:
+        yield
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def _listening(address: tuple[Any, ...]) -> None:
     host, port = address[:2]
     _say(f"Server listening on {host}:{port}")
@@ -436,13 +467,22 @@ def _supervise(args: argparse.Namespace) -> int:
         host, port = reserved.getsockname()[:2]
         options = {k: v for k, v in vars(args).items() if k not in ("main", "handler_function")}
         options.update(port=port, reuse_port=True, workers=1)
-
-        def ready() -> None:
-            _listening((host, port))
-            _say(f"Started {count} workers.")
+        if args.metrics_port is not None:
+            # Each worker's own endpoint, private; the supervisor's adds them up.
+            options.update(metrics_port=0, metrics_host="127.0.0.1")
 
         boss = supervisor.Supervisor(options, count, args.shutdown_timeout, _say)
-        return boss.run(ready)
+        with contextlib.ExitStack() as endpoint:
+
+            def ready() -> None:
+                _listening((host, port))
+                _say(f"Started {count} workers.")
+                endpoint.enter_context(_metrics_endpoint(args, boss.metrics))
+
+            try:
+                return boss.run(ready)
+            except OSError as exc:
+                return _fail(str(exc))
 
 
 def serve_worker() -> int:
@@ -492,7 +532,8 @@ def _serve_on_loop(args: argparse.Namespace, kind: str) -> int:
             raise _Refused(exc) from None
         async with server:
             _listening(server.server_address)
-            await server.serve_forever()
+            with _metrics_endpoint(args, server.metrics):
+                await server.serve_forever()
 
     if kind == "uvloop":
         try:
@@ -547,7 +588,8 @@ def _serve(args: argparse.Namespace, serve: Callable[[Server], None]) -> int:
             return 1
         with server:
             _listening(server.server_address)
-            serve(server)
+            with _metrics_endpoint(args, server.metrics):
+                serve(server)
     except KeyboardInterrupt:
         _stopping()
     except OSError as exc:

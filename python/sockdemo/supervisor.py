@@ -75,6 +75,7 @@ class Worker:
         self.ready = threading.Event()
         self.last_line = ""
         self.leaving = False  # asked to drain: its exit is expected
+        self.metrics: tuple[str, int] | None = None  # its own /metrics
         env = dict(os.environ, **{WORKER_ENV: json.dumps(options)}, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER_MAIN],
@@ -96,6 +97,10 @@ class Worker:
             self.last_line = line
             if not self.ready.is_set() and line.startswith("Server listening on "):
                 self.ready.set()
+                continue
+            if line.startswith("Metrics at http://") and self.metrics is None:
+                host, port = line.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+                self.metrics = (host, int(port))
                 continue
             self._say(f"[worker {self.number}] {line}")
 
@@ -146,6 +151,17 @@ class Supervisor:
         self.backoff = [0.0] * count
         self.restart_at: list[float | None] = [None] * count
         self.events: queue.Queue[int] = queue.Queue()
+
+    def metrics(self) -> str:
+        """Every worker's counters, added up."""
+        from . import metrics
+
+        texts = []
+        for worker in list(self.workers):
+            if worker is not None and worker.metrics is not None:
+                with contextlib.suppress(OSError):
+                    texts.append(metrics.fetch(worker.metrics))
+        return metrics.merge(texts)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.events.put(signum)

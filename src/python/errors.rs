@@ -90,7 +90,7 @@ pub(super) fn to_py(py: Python<'_>, err: Error, interrupted: Option<PyErr>) -> P
             Err(e) => e,
         },
         Error::MessageTooLarge { .. } => MessageTooLarge::new_err(err.to_string()),
-        Error::Protocol(_) => match errno(py, "EPROTO") {
+        Error::Protocol(_) | Error::Proxy(_) => match errno(py, "EPROTO") {
             Ok(code) => ProtocolError::new_err((code, err.to_string())),
             Err(e) => e,
         },

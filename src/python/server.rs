@@ -194,6 +194,12 @@ impl Server {
         Ok(dict)
     }
 
+    /// Every counter in Prometheus' text format (version 0.0.4), as a
+    /// `/metrics` endpoint serves it.
+    fn metrics(&self) -> String {
+        self.inner.metrics()
+    }
+
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
