@@ -60,6 +60,7 @@ TOKIO_REFERENCE = ROOT / "target" / "release" / "examples" / "tokio_reference"
 
 REFERENCE = "tokio (reference)"
 HANDLER_REFERENCE = "uvloop + handler"
+WORKERS_REFERENCE = "sockdemo --workers 1"
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,18 @@ class Workload:
     protocol: str = "raw"
     memory: bool = False  # the point is peak memory, not speed
     handler: str | None = None  # a function of handlers.py
+    workers: bool = False  # --workers 2 against --workers 1
 
     @property
     def reference(self) -> str:
+        if self.workers:
+            return WORKERS_REFERENCE
         return HANDLER_REFERENCE if self.handler else REFERENCE
+
+    @property
+    def kind(self) -> str:
+        """The table it belongs to."""
+        return "workers" if self.workers else "handler" if self.handler else "echo"
 
 
 WORKLOADS = [
@@ -89,6 +98,7 @@ WORKLOADS = [
     Workload("10 µs handler, 100 conn x 64 B", 100, 64, handler="busy"),
     Workload("async handler, 10 conn x 64 B", 10, 64, handler="async_echo"),
     Workload("async handler, 100 conn x 64 B", 100, 64, handler="async_echo"),
+    Workload("100 µs handler, 100 conn x 64 B", 100, 64, handler="busy100", workers=True),
 ]
 
 
@@ -99,6 +109,12 @@ PY_SERVERS = [sys.executable, str(HERE / "py_servers.py"), "--kind"]
 
 def server_commands(workload: Workload) -> dict[str, list[str]]:
     """The contenders for `workload`, by name."""
+    if workload.workers:
+        handler = f"handlers:{workload.handler}"
+        return {
+            WORKERS_REFERENCE: [*SOCKDEMO, "--handler", handler, "--workers", "1"],
+            "sockdemo --workers 2": [*SOCKDEMO, "--handler", handler, "--workers", "2"],
+        }
     if workload.handler:
         handler = f"handlers:{workload.handler}"
         # An async def handler runs under sockdemo.aio, on uvloop like its rival.
@@ -160,9 +176,19 @@ class ServerProcess:
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time of the server and its child processes (``--workers``)."""
+        ticks = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(entry) == self.proc.pid or int(fields[1]) == self.proc.pid:
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mib(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as status:
@@ -364,10 +390,13 @@ def async_clients(rounds: int, requests: int, tasks: int = 100) -> list[AsyncCli
     return results
 
 
-def table(rows: list[Row], handlers: bool) -> list[str]:
+def table(rows: list[Row], kind: str) -> list[str]:
+    handlers = kind == "handler"
+    reference = {"echo": "vs tokio", "handler": "vs uvloop + handler", "workers": "vs 1 worker"}
     lines = [
         "| workload | server | req/s (median) | spread | "
-        + ("vs uvloop + handler | vs sockdemo echo" if handlers else "vs tokio")
+        + reference[kind]
+        + (" | vs sockdemo echo" if handlers else "")
         + " | MiB/s | p99 ms | p99 spread | server CPU µs/req | peak RSS MiB | errors "
         "| failed rounds |",
         "|---|---|---:|---:|" + ("---:|---:|" if handlers else "---:|") + "---:|---:|---:|---:|"
@@ -375,7 +404,7 @@ def table(rows: list[Row], handlers: bool) -> list[str]:
     ]
     by_key = {(r.workload, r.server): r for r in rows}
     for row in rows:
-        if bool(row.workload.handler) != handlers:
+        if row.workload.kind != kind:
             continue
         ratio = row.ratio_to(by_key.get((row.workload, row.workload.reference)))
         ratios = f"{ratio:.2f}"
@@ -410,7 +439,7 @@ def markdown(
         "",
         "## Echo",
         "",
-        *table(rows, handlers=False),
+        *table(rows, "echo"),
         "",
         "## Python handler",
         "",
@@ -420,7 +449,15 @@ def markdown(
         "(`async_echo`) runs under `sockdemo.aio` on uvloop (`--handler ... --loop uvloop`); "
         "uvloop streams await it inline.",
         "",
-        *table(rows, handlers=True),
+        *table(rows, "handler"),
+        "",
+        "## Worker processes",
+        "",
+        "A CPU-bound handler (`busy100`: about 100 µs of Python per message) with "
+        "`--workers 2` against `--workers 1`: the interpreter lock binds each process to one "
+        "core, so a second worker is a second core.",
+        "",
+        *table(rows, "workers"),
     ]
     failures = [(r, f) for r in rows for f in r.failures]
     if failures:
