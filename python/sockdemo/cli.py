@@ -559,6 +559,8 @@ class _Refused(Exception):
 
 def run_basic_server(args: argparse.Namespace) -> int:
     """Serves one client one message, like the original ``server.py``."""
+    if getattr(args, "workers", 1) != 1:
+        return _fail("--workers needs a server that serves until stopped (server.v2.py)")
 
     def once(server: Server) -> None:
         server.handle_request(max_messages=1)
