@@ -158,6 +158,14 @@ class Script:
         self.seen.append(line)
         return line
 
+    def drain(self) -> list[str]:
+        """Every output line printed so far, without waiting."""
+        while not self.lines.empty():
+            line = self.lines.get_nowait()
+            if line is not None:
+                self.seen.append(line)
+        return self.seen
+
     def wait_for(self, text: str, timeout: float = 15) -> str:
         """Reads lines until one contains `text`."""
         while True:

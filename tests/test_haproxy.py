@@ -49,15 +49,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def drain(script: Script) -> list[str]:
-    """Every output line the script has printed so far."""
-    while not script.lines.empty():
-        line = script.lines.get_nowait()
-        if line is not None:
-            script.seen.append(line)
-    return script.seen
-
-
 @dataclass
 class Cluster:
     frontend: int
@@ -67,7 +58,7 @@ class Cluster:
 
     def connected(self, server: int) -> set[tuple[str, int]]:
         """The clients a server logged as "Connected by ('HOST', PORT)"."""
-        lines = drain(self.servers[server])
+        lines = self.servers[server].drain()
         return {
             (m.group(1), int(m.group(2)))
             for line in lines

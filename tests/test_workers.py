@@ -130,7 +130,7 @@ def test_sighup_replaces_the_workers_with_new_code(supervised, tmp_path: Path) -
     versions = set()
     # Clients keep coming while the workers are replaced (whether every one
     # of them is answered is the next test's question).
-    while not any("Reload done." in line for line in drain(script)):
+    while not any("Reload done." in line for line in script.drain()):
         with contextlib.suppress(OSError):
             versions.add(answer(port).split()[0])
     assert versions <= {"v1", "v2"}
@@ -206,14 +206,6 @@ def test_a_reload_under_load_refuses_no_connection(tmp_path: Path) -> None:
     assert report["failures"] == [], report
     assert report["answered"] > 0
     assert report["version"] == "v2"
-
-
-def drain(script: Script) -> list[str]:
-    while not script.lines.empty():
-        line = script.lines.get_nowait()
-        if line is not None:
-            script.seen.append(line)
-    return script.seen
 
 
 def test_a_worker_that_cannot_start_on_reload_leaves_the_old_one(
