@@ -46,6 +46,11 @@ use crate::stats::Load;
 /// above a scheduler time slice, so that a thread merely preempted on a busy
 /// machine does not look stuck and get a rival for the interpreter lock.
 const STUCK_AFTER: Duration = Duration::from_millis(10);
+/// A job whose handler calls took this long writes its own replies even
+/// under a backlog: a write (a few microseconds) is then a small share of
+/// the thread's time, and handing it to a network thread would cost two
+/// context switches of machine time per reply.
+const WRITE_AFTER: Duration = Duration::from_micros(50);
 /// How often the watchdog looks while jobs come in.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
 /// An idle thread retires after this long without work.
@@ -280,12 +285,17 @@ impl Inner {
                         None => return,
                     },
                 };
+                let started = Instant::now();
                 self.answer(&mut job, worker);
                 // With nothing else waiting, latency is what counts: write the
                 // replies from here and spare the connection a wake-up. With a
                 // backlog, this thread's time is what counts: the network
-                // threads write, several at once, while this one goes on.
-                job.settle(self.waiting.load(Relaxed) == 0);
+                // threads write, several at once, while this one goes on;
+                // unless the handler is slow enough that a write is a small
+                // share of its time, when waking a network thread for it would
+                // cost the machine more than it spares this thread.
+                let write = self.waiting.load(Relaxed) == 0 || started.elapsed() >= WRITE_AFTER;
+                job.settle(write);
             }
         });
     }
