@@ -203,6 +203,10 @@ pub(crate) async fn serve(
         Err(Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
             warn!("Connection with {name} was reset by the client.")
         }
+        // A handler cancelled as the server closed (sockdemo.aio).
+        Err(Error::Interrupted) => {
+            debug!("Closing connection with {name}: its handler was cancelled.")
+        }
         Err(e) => warn!("Connection with {name} failed: {e}"),
     }
     log!(session.close_level, "Connection with {name} closed.");

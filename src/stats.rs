@@ -245,6 +245,8 @@ impl Stats {
         self.active.dec();
         let reason = match how {
             Ok(reason) => reason,
+            // Its handler was cancelled as the server closed: no failure.
+            Err(Error::Interrupted) => Closed::Shutdown,
             Err(error) => {
                 let kind = kind(error);
                 if let Some(i) = KINDS.iter().position(|k| *k == kind) {

@@ -28,7 +28,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSIONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
-TEST_TOOLS = ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"]
+# uvloop and prometheus_client too: the asyncio tests run on both loops, and
+# the metrics tests read /metrics with the official parser, on every Python.
+TEST_TOOLS = [
+    "pytest>=7",
+    "pytest-timeout>=2",
+    "hypothesis>=6",
+    "uvloop>=0.19",
+    "prometheus_client>=0.20",
+]
 
 
 def say(line: str) -> None:

@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import signal
 import socket
+import sys
+import threading
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -164,6 +167,7 @@ class Server:
         if self._closing:
             raise RuntimeError("the server is closed")
         self._serving_forever = self._loop.create_future()
+        interrupted = _interrupt_on_sigint(self._loop)
         try:
             await self._serving_forever
         except asyncio.CancelledError:
@@ -171,9 +175,12 @@ class Server:
                 self.close()
                 await self.wait_closed()
             finally:
+                if interrupted():
+                    raise KeyboardInterrupt from None
                 raise
         finally:
             self._serving_forever = None
+            interrupted.restore()
         await self.wait_closed()
 
     async def __aenter__(self) -> Server:
@@ -209,6 +216,49 @@ class Server:
             return
         if not self._closed.done():
             self._closed.set_result(None)
+
+
+class _Interrupt:
+    """Whether Ctrl+C cancelled ``serve_forever``; see :func:`_interrupt_on_sigint`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop
+        self.seen = False
+
+    def __call__(self) -> bool:
+        return self.seen
+
+    def restore(self) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_signal_handler(signal.SIGINT)
+
+
+def _interrupt_on_sigint(loop: asyncio.AbstractEventLoop) -> _Interrupt:
+    """Before Python 3.11, ``asyncio.run`` lets Ctrl+C raise
+    ``KeyboardInterrupt`` in whatever task happens to run, which then dies
+    with it ("Task exception was never retrieved"). As 3.11's runner does,
+    turn Ctrl+C into cancelling the task in ``serve_forever`` instead, which
+    then closes the server and raises ``KeyboardInterrupt`` itself. Only
+    where nobody else handles SIGINT, on the main thread."""
+    if (
+        sys.version_info >= (3, 11)
+        or threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        return _Interrupt(None)
+    task = asyncio.current_task()
+    interrupt = _Interrupt(loop)
+
+    def on_sigint() -> None:
+        interrupt.seen = True
+        if task is not None:
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):
+        return _Interrupt(None)
+    return interrupt
 
 
 def _weakly(method: Callable[[], None]) -> Callable[[], None]:

@@ -283,7 +283,7 @@ impl PendingJob {
     /// closes without a word.
     fn cancel(&mut self) {
         if let Some(mut job) = self.job.take() {
-            job.fail(Error::Handler("the handler was cancelled".into()));
+            job.fail(Error::Interrupted);
             job.settle(false);
         }
     }
