@@ -243,7 +243,7 @@ pub(crate) mod testing {
             })
             .collect();
         let replies = Arc::new(Replies {
-            codec: Codec::new(protocol, 1024, 8).expect("a valid codec"),
+            codec: Codec::new(protocol, 1024, 8).expect("codec"), // valid sizes: test only
             prefix: b"> ".to_vec(),
         });
         let stats = Arc::new(Stats::default());

@@ -139,24 +139,25 @@ fn latency_buckets() -> Vec<f64> {
 impl Stats {
     /// Counters at zero, registered under the `sockdemo_` prefix.
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("sockdemo".into()), None).expect("a valid prefix");
-        // Names and labels are constants, so making and registering them
-        // cannot fail; every metric has a name of its own.
+        // Every name, label and bucket below is a constant, and every metric
+        // has a name of its own: making and registering them cannot fail
+        // (the unit test makes them all). Hence the `expect`s.
+        let registry = Registry::new_custom(Some("sockdemo".into()), None).expect("prefix"); // constant
         let add = |metric: Box<dyn prometheus::core::Collector>| {
-            registry.register(metric).expect("distinct metric names");
+            registry.register(metric).expect("distinct names"); // constants, all distinct
         };
         let counter = |name: &str, help: &str| {
-            let c = IntCounter::with_opts(Opts::new(name, help)).expect("a valid counter");
+            let c = IntCounter::with_opts(Opts::new(name, help)).expect("counter"); // constant
             add(Box::new(c.clone()));
             c
         };
         let gauge = |name: &str, help: &str| {
-            let g = IntGauge::with_opts(Opts::new(name, help)).expect("a valid gauge");
+            let g = IntGauge::with_opts(Opts::new(name, help)).expect("gauge"); // constant
             add(Box::new(g.clone()));
             g
         };
         let family = |name: &str, help: &str, label: &str, values: &[&str]| {
-            let family = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid labels");
+            let family = IntCounterVec::new(Opts::new(name, help), &[label]).expect("labels"); // constant
             add(Box::new(family.clone()));
             values
                 .iter()
@@ -171,7 +172,7 @@ impl Stats {
             )
             .buckets(latency_buckets()),
         )
-        .expect("valid buckets");
+        .expect("buckets"); // constant, increasing
         add(Box::new(handler_seconds.clone()));
         Stats {
             accepted: counter("connections_accepted_total", "Connections accepted."),

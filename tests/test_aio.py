@@ -408,6 +408,28 @@ def test_tls_through_the_async_client(run, tmp_path) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_big_pipelined_replies_are_all_read(run, tmp_path, tls) -> None:
+    """Far more than one reply waits unread: the client stops reading only
+    with whole replies in hand, never in the middle of one."""
+    cert, key = sockdemo.generate_self_signed(tmp_path)
+    options: dict[str, Any] = {"certfile": cert, "keyfile": key} if tls else {}
+
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(None, protocol="framed", **options) as server:
+            host, port = server.server_address
+            async with await sockdemo.aio.connect(
+                host, port, "framed", timeout=10, cafile=str(cert) if tls else None
+            ) as client:
+                messages = [bytes([65 + i]) * 300_000 for i in range(5)]
+                for message in messages:
+                    await client.send(message)
+                for message in messages:
+                    assert await client.receive() == b"Server received: " + message
+
+    run(main())
+
+
 def test_the_async_server_speaks_tls_to_python_ssl(run, tmp_path) -> None:
     """Python's own ssl module as the independent peer."""
     import ssl

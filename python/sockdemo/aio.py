@@ -65,9 +65,10 @@ str | bytes | None``, or a plain function of the same shape."""
 _T = TypeVar("_T")
 _M = TypeVar("_M", str, bytes)
 
-# How many received bytes a client holds before it stops reading: a little
-# over the largest framed reply, so one reply always fits.
-_ROOM = 64 * 1024
+# Room a client keeps for received bytes beyond the largest reply before it
+# stops reading: past it, at least one whole reply waits to be taken, so
+# pausing can never leave a reply half-read.
+_SLACK = 128 * 1024
 
 
 async def start_server(
@@ -393,7 +394,7 @@ async def _connect(
         except BaseException:
             core.close()
             raise
-        return Client(loop, core, protocol, timeout)
+        return Client(loop, core, protocol, timeout, max_message_size + _SLACK)
     assert last is not None  # getaddrinfo gives at least one address or raises
     raise last
 
@@ -435,9 +436,12 @@ class Client:
         core: LoopClient,
         protocol: str,
         timeout: float | None,
+        room: int,
     ) -> None:
         self._loop = loop
         self._core = core
+        # A framed reply is at most the largest message plus the prefix.
+        self._room = room
         self._fd = core.fileno()
         self._timeout = timeout
         self.protocol = protocol
@@ -548,7 +552,7 @@ class Client:
     def _maybe_resume(self) -> None:
         """Reads again if it stopped only because too much waited unread."""
         core = self._core
-        if self._error is None and not core.at_eof and core.buffered < _ROOM:
+        if self._error is None and not core.at_eof and core.buffered < self._room:
             self._reading = True
             self._loop.add_reader(self._fd, self._on_readable)
 
@@ -557,7 +561,7 @@ class Client:
             news = self._core.fill()
         except OSError as exc:
             self._error, news = exc, True
-        if self._error is not None or self._core.at_eof or self._core.buffered >= _ROOM:
+        if self._error is not None or self._core.at_eof or self._core.buffered >= self._room:
             # At the end the socket stays readable: stop watching it.
             self._loop.remove_reader(self._fd)
             self._reading = False
