@@ -44,7 +44,11 @@ DEFAULT_MAX_MESSAGE_SIZE: int
 """``1048576``: the largest framed message accepted by default."""
 
 _Protocol = Literal["raw", "framed"]
-_Handler = Callable[[str], "str | bytes | None"]
+# `handler(message)`, or `handler(message, peer)` to learn the client's
+# `(host, port)` (the real client's behind a PROXY header).
+_Handler = (
+    Callable[[str], "str | bytes | None"] | Callable[[str, tuple[Any, ...]], "str | bytes | None"]
+)
 _StrPath = str | os.PathLike[str]
 
 @final
@@ -270,7 +274,7 @@ class LoopHandler:
 
     def __new__(
         cls,
-        handler: Callable[[str], Any],
+        handler: Callable[..., Any],
         follow: Callable[[PendingJob, Any, bool, Any], object],
         finished: Callable[[], object],
     ) -> LoopHandler: ...

@@ -58,9 +58,13 @@ from ._sockdemo import Server as _CoreServer
 __all__ = ["AsyncHandler", "Client", "Server", "connect", "start_server"]
 
 _Reply = Union[str, bytes, None]
-AsyncHandler = Callable[[str], Union[_Reply, Awaitable[_Reply]]]
+AsyncHandler = Union[
+    Callable[[str], Union[_Reply, Awaitable[_Reply]]],
+    Callable[[str, tuple[Any, ...]], Union[_Reply, Awaitable[_Reply]]],
+]
 """A handler for :func:`start_server`: ``async def handler(message: str) ->
-str | bytes | None``, or a plain function of the same shape."""
+str | bytes | None``, or a plain function of the same shape; with a second
+parameter, ``handler(message, peer)`` also gets the client's ``(host, port)``."""
 
 _T = TypeVar("_T")
 _M = TypeVar("_M", str, bytes)
