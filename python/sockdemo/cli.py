@@ -328,6 +328,17 @@ def _add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> 
     )
 
 
+def _add_client_tls(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cafile", metavar="PEM", help="use TLS, trusting the certificates in this file"
+    )
+    parser.add_argument(
+        "--server-hostname",
+        metavar="NAME",
+        help="name the server's certificate must carry (default: --host; needs --cafile)",
+    )
+
+
 def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
     _add_address(parser)
     _add_protocol(parser)
@@ -337,14 +348,7 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="give up on connecting or on a reply after this long (default: wait)",
     )
-    parser.add_argument(
-        "--cafile", metavar="PEM", help="use TLS, trusting the certificates in this file"
-    )
-    parser.add_argument(
-        "--server-hostname",
-        metavar="NAME",
-        help="name the server's certificate must carry (default: --host; needs --cafile)",
-    )
+    _add_client_tls(parser)
 
 
 # -- servers -------------------------------------------------------------------
@@ -878,14 +882,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_PREFIX,
         help=f"the reply prefix the server uses (default {DEFAULT_PREFIX!r})",
     )
-    bench.add_argument(
-        "--cafile", metavar="PEM", help="use TLS, trusting the certificates in this file"
-    )
-    bench.add_argument(
-        "--server-hostname",
-        metavar="NAME",
-        help="name the server's certificate must carry (default: --host; needs --cafile)",
-    )
+    _add_client_tls(bench)
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(main=run_bench)
     cert = commands.add_parser(
