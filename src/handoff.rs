@@ -117,7 +117,11 @@ impl Handoff {
     /// however many there are, since the loop takes again before it sleeps.
     pub fn take(&self) -> Vec<Job> {
         let mut state = self.lock();
-        state.taker = Some(thread::current().id());
+        // The first take names the loop's thread (if `claim` has not): asking
+        // the thread every time would cost each take an atomic round trip.
+        if state.taker.is_none() {
+            state.taker = Some(thread::current().id());
+        }
         if state.jobs.is_empty() {
             state.signalled = false;
             return Vec::new();
