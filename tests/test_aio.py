@@ -477,8 +477,10 @@ async def handler(message):
     await asyncio.sleep(0)
     return "re " + message
 
-async def chatter(port):
+async def chatter(port, connected):
     async with await sockdemo.aio.connect("127.0.0.1", port) as client:
+        assert await client.request("tick") == "re tick"
+        connected.release()
         try:
             while True:
                 await client.request("tick")
@@ -489,9 +491,10 @@ async def main():
     server = await sockdemo.aio.start_server(handler)
     async with server:
         port = server.server_address[1]
-        talking = [asyncio.ensure_future(chatter(port)) for _ in range(4)]
-        async with await sockdemo.aio.connect("127.0.0.1", port) as client:
-            assert await client.request("up") == "re up"
+        connected = asyncio.Semaphore(0)
+        talking = [asyncio.ensure_future(chatter(port, connected)) for _ in range(4)]
+        for _ in talking:
+            await connected.acquire()  # Ctrl+C must find every client mid-conversation
         print("ready", flush=True)
         await server.serve_forever()
 
