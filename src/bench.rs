@@ -148,6 +148,14 @@ pub fn run(
     interrupt: Interrupt<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report> {
+    // Its runtime cannot start inside another's: a handler answered on a
+    // server's network thread, say.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::invalid(
+            "the load generator cannot run on a server's network thread (inside a handler); \
+             run it from a thread of its own",
+        ));
+    }
     if options.connections == 0 {
         return Err(Error::invalid("connections must be at least 1"));
     }

@@ -652,11 +652,13 @@ impl Connection<'_> {
         let transport = &self.transport;
         self.outbox
             .get_or_insert_with(|| {
-                let socket = match transport {
-                    Transport::Plain(stream) => stream.as_fd().try_clone_to_owned().ok(),
-                    Transport::Tls(_) => None,
+                let (socket, write_here) = match transport {
+                    Transport::Plain(stream) => (stream.as_fd().try_clone_to_owned().ok(), true),
+                    Transport::Tls(stream) => {
+                        (stream.get_ref().0.as_fd().try_clone_to_owned().ok(), false)
+                    }
                 };
-                Arc::new(Outbox::new(socket, self.shared.stats.clone()))
+                Arc::new(Outbox::new(socket, write_here, self.shared.stats.clone()))
             })
             .clone()
     }

@@ -26,23 +26,32 @@
 //!
 //! Threads retire after [`RETIRE_AFTER`] without work. The pool never grows
 //! past `max_threads`; past that, jobs wait their turn.
+//!
+//! Before any of that, a job may be answered on the network thread that
+//! read it, with no hand-off at all (see `inline`): that is the fast path
+//! for handlers that return quickly, and the watchdog closes it as soon as
+//! a call looks stuck. Calls on network threads count against
+//! `max_threads` like the pool's.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::warn;
+use log::{debug, warn};
 
 use crate::error::Error;
 use crate::handler::{Detach, Handler};
+use crate::inline::{CallClock, Claim, Lanes};
 use crate::job::Job;
 use crate::stats::Load;
 
-/// A call that has run this long counts as stuck (waiting, not computing),
-/// and a job that waits behind only stuck calls gets a new thread. Well
+/// A call that has run this long counts as stuck (waiting, not computing):
+/// the fast path closes, and a job that waits behind only stuck calls gets a
+/// new thread. Well
 /// above a scheduler time slice, so that a thread merely preempted on a busy
 /// machine does not look stuck and get a rival for the interpreter lock.
 const STUCK_AFTER: Duration = Duration::from_millis(10);
@@ -51,6 +60,11 @@ const STUCK_AFTER: Duration = Duration::from_millis(10);
 /// the thread's time, and handing it to a network thread would cost two
 /// context switches of machine time per reply.
 const WRITE_AFTER: Duration = Duration::from_micros(50);
+/// The fast path opens again once no call has been stuck for this long.
+const INLINE_AGAIN_AFTER: Duration = Duration::from_secs(10);
+/// A network thread answers at most this many jobs in one go, its own and
+/// those queued behind it, before it goes back to the network.
+const DRAIN_AT_MOST: usize = 64;
 /// How often the watchdog looks while jobs come in.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
 /// An idle thread retires after this long without work.
@@ -72,7 +86,10 @@ pub(crate) struct Dispatcher {
 
 struct Inner {
     handler: Arc<dyn Handler>,
+    /// Threads the pool may have: what network threads may use is left out.
     max_threads: usize,
+    /// Network threads' rights to answer on the spot.
+    lanes: Lanes,
     pool: Mutex<Pool>,
     /// Idle threads wait here for jobs.
     work: Condvar,
@@ -84,23 +101,33 @@ struct Inner {
     epoch: Instant,
     /// Jobs waiting, readable without the lock.
     waiting: AtomicUsize,
+    /// Jobs submitted so far, answered on the spot or not; the watchdog
+    /// sees traffic by its change.
+    submitted: AtomicU64,
+    /// The watchdog is parked or not started: a job answered on the spot
+    /// must rouse it, or nobody would see that call if it got stuck.
+    watchdog_asleep: AtomicBool,
 }
 
 #[derive(Default)]
 struct Pool {
     jobs: VecDeque<Job>,
     queued_messages: usize,
-    threads: Vec<Arc<Worker>>,
+    /// The clock of each handler thread's call.
+    threads: Vec<Arc<CallClock>>,
     /// Threads waiting for work.
     idle: usize,
     /// Wake-ups sent to idle threads that they have not yet taken: a
     /// condition variable costs a system call per notify, so each idle
     /// thread is notified once, not once per job.
     waking: usize,
-    /// Jobs submitted so far; the watchdog sees traffic by its change.
-    submitted: u64,
     watchdog: Watchdog,
     closed: bool,
+    /// The runtime whose network threads submit the jobs.
+    network: Option<tokio::runtime::Handle>,
+    /// A failure to report once the lock is released: logging may need the
+    /// interpreter, whose holder may be waiting for this lock.
+    unreported: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,53 +138,67 @@ enum Watchdog {
     Parked,
 }
 
-/// One handler thread, as the watchdog sees it.
-#[derive(Default)]
-struct Worker {
-    /// When the current handler call started (nanoseconds after the epoch,
-    /// plus one), or 0 between calls.
-    call_started: AtomicU64,
-}
-
 impl Dispatcher {
-    /// A pool of at most `max_threads` threads running `handler`.
-    pub fn new(handler: Arc<dyn Handler>, max_threads: usize) -> Self {
+    /// At most `max_threads` threads at once running `handler`, on a server
+    /// with `network_threads` network threads: all but one of those may
+    /// answer on the spot, within the `max_threads`.
+    pub fn new(handler: Arc<dyn Handler>, max_threads: usize, network_threads: usize) -> Self {
+        let max_threads = max_threads.max(1);
+        let lanes = network_threads.saturating_sub(1).min(max_threads - 1);
         Dispatcher {
             inner: Arc::new(Inner {
                 handler,
-                max_threads: max_threads.max(1),
+                max_threads: max_threads - lanes,
+                lanes: Lanes::new(lanes),
                 pool: Mutex::default(),
                 work: Condvar::new(),
                 watch: Condvar::new(),
                 left: Condvar::new(),
                 epoch: Instant::now(),
                 waiting: AtomicUsize::new(0),
+                submitted: AtomicU64::new(0),
+                watchdog_asleep: AtomicBool::new(true),
             }),
         }
     }
 
-    /// Queues `job`.
+    /// Answers `job` here and now if a lane is free, else queues it for the
+    /// handler threads.
     pub fn submit(&self, job: Job) {
         let inner = &self.inner;
-        let mut pool = inner.lock();
+        inner.submitted.fetch_add(1, Relaxed);
+        let mut pool = loop {
+            if let Some(lane) = inner.claim_lane() {
+                return inner.answer_here(Some(job), lane);
+            }
+            let pool = inner.lock();
+            // Every lane was taken a moment ago; if one has been given up
+            // since (under this lock), take it rather than queue.
+            if !inner.lanes.is_open() || inner.lanes.busy() > 0 {
+                break pool;
+            }
+        };
         pool.queued_messages += job.len();
         pool.jobs.push_back(job);
-        pool.submitted += 1;
         inner.waiting.store(pool.jobs.len(), Relaxed);
-        if pool.idle > pool.waking {
-            pool.waking += 1;
-            inner.work.notify_one();
-        } else if pool.threads.is_empty() {
-            Inner::spawn(inner, &mut pool);
+        // On the fast path the network thread inside a call takes it next:
+        // no wake-up, and no fight with it over the interpreter lock (should
+        // that call be stuck, the watchdog sends a thread).
+        if !inner.lane_takes_next() {
+            inner.wake_one(&mut pool);
         }
         if pool.watchdog == Watchdog::Parked {
             inner.watch.notify_one();
         }
+        inner.unlock(pool);
     }
 
-    /// Lets threads start again after [`Dispatcher::close`].
-    pub fn open(&self) {
-        self.inner.lock().closed = false;
+    /// Lets threads start again after [`Dispatcher::close`]; the jobs come
+    /// from the network threads of `network`, if a runtime's.
+    pub fn open(&self, network: Option<tokio::runtime::Handle>) {
+        let mut pool = self.inner.lock();
+        pool.closed = false;
+        pool.network = network;
     }
 
     /// Tells every thread to leave once it has no work; returns at once.
@@ -176,11 +217,7 @@ impl Dispatcher {
         let inner = &self.inner;
         let mut pool = inner.lock();
         let deadline = Instant::now() + LEAVE_GRACE;
-        let in_call = |pool: &Pool| {
-            pool.threads
-                .iter()
-                .all(|w| w.call_started.load(Relaxed) != 0)
-        };
+        let in_call = |pool: &Pool| pool.threads.iter().all(|clock| clock.calling());
         while !in_call(&pool) {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 break;
@@ -198,13 +235,25 @@ impl Dispatcher {
         SERVING.get() == Arc::as_ptr(&self.inner) as usize
     }
 
-    /// The pool now.
+    /// Handler calls running on network threads now.
+    pub fn calls_here(&self) -> usize {
+        self.inner.lanes.busy()
+    }
+
+    /// Closes the connections whose messages the handler is answering on
+    /// network threads now; returns their clients.
+    pub fn cut_calls_here(&self) -> Vec<SocketAddr> {
+        self.inner.lanes.cut()
+    }
+
+    /// The pool now; calls on network threads count as busy threads.
     pub fn load(&self) -> Load {
+        let here = self.inner.lanes.busy();
         let pool = self.inner.lock();
         Load {
             queued: pool.queued_messages as u64,
-            threads: pool.threads.len() as u64,
-            busy: (pool.threads.len() - pool.idle) as u64,
+            threads: (pool.threads.len() + here) as u64,
+            busy: (pool.threads.len() - pool.idle + here) as u64,
         }
     }
 }
@@ -217,6 +266,15 @@ impl Drop for Dispatcher {
 }
 
 impl Inner {
+    /// Releases `pool`, then logs what it had to report.
+    fn unlock(&self, mut pool: MutexGuard<'_, Pool>) {
+        let unreported = pool.unreported.take();
+        drop(pool);
+        if let Some(text) = unreported {
+            warn!("{text}");
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Pool> {
         // No code panics while holding the lock; should one ever, the queue
         // is still consistent (every change to it is a single push or pop).
@@ -228,18 +286,18 @@ impl Inner {
         if pool.closed {
             return;
         }
-        let worker = Arc::new(Worker::default());
+        let clock = Arc::new(CallClock::default());
         let inner = self.clone();
         let started = thread::Builder::new()
             .name("sockdemo-handler".into())
             .spawn({
-                let worker = worker.clone();
-                move || inner.work(&worker)
+                let clock = clock.clone();
+                move || inner.work(&clock)
             });
         match started {
-            Ok(_) => pool.threads.push(worker),
+            Ok(_) => pool.threads.push(clock),
             Err(e) => {
-                warn!("Cannot start a handler thread: {e}");
+                pool.unreported = Some(format!("Cannot start a handler thread: {e}"));
                 if pool.threads.is_empty() {
                     // Nobody would ever answer: say so to everyone waiting.
                     pool.queued_messages = 0;
@@ -254,27 +312,140 @@ impl Inner {
                 return;
             }
         }
-        if pool.watchdog == Watchdog::Absent {
-            let inner = self.clone();
-            let started = thread::Builder::new()
-                .name("sockdemo-watchdog".into())
-                .spawn(move || inner.watchdog());
-            match started {
-                Ok(_) => pool.watchdog = Watchdog::Looking,
-                Err(e) => warn!("Cannot start the handler watchdog: {e}"),
-            }
+        self.start_watchdog(pool);
+    }
+
+    /// Starts the watchdog if it is not running.
+    fn start_watchdog(self: &Arc<Self>, pool: &mut Pool) {
+        if pool.watchdog != Watchdog::Absent {
+            return;
         }
+        let inner = self.clone();
+        let started = thread::Builder::new()
+            .name("sockdemo-watchdog".into())
+            .spawn(move || inner.watchdog());
+        match started {
+            Ok(_) => {
+                pool.watchdog = Watchdog::Looking;
+                self.watchdog_asleep.store(false, SeqCst);
+            }
+            Err(e) => pool.unreported = Some(format!("Cannot start the handler watchdog: {e}")),
+        }
+    }
+
+    /// Wakes the watchdog, or starts it, for a call on a network thread.
+    fn rouse(self: &Arc<Self>) {
+        let mut pool = self.lock();
+        match pool.watchdog {
+            Watchdog::Absent => self.start_watchdog(&mut pool),
+            Watchdog::Parked => self.watch.notify_one(),
+            Watchdog::Looking => {}
+        }
+        self.unlock(pool);
+    }
+
+    /// Gets a thread going for a queued job: wakes an idle one, or starts
+    /// the first.
+    fn wake_one(self: &Arc<Self>, pool: &mut Pool) {
+        if pool.idle > pool.waking {
+            pool.waking += 1;
+            self.work.notify_one();
+        } else if pool.threads.is_empty() {
+            self.spawn(pool);
+        }
+    }
+
+    /// A lane for this network thread, if the fast path is open and one is
+    /// free.
+    fn claim_lane(self: &Arc<Self>) -> Option<Claim<'_>> {
+        let lane = self.lanes.claim()?;
+        // Sequentially consistent with the watchdog's going to sleep: either
+        // it sees this lane taken, or this sees it asleep.
+        if self.watchdog_asleep.load(SeqCst) {
+            self.rouse();
+        }
+        Some(lane)
+    }
+
+    /// Will a network thread inside a call take the next queued job?
+    fn lane_takes_next(&self) -> bool {
+        self.lanes.is_open() && self.lanes.busy() > 0
+    }
+
+    /// Answers `first` (if any) on this network thread, holding `lane`, then
+    /// the jobs other network threads queued meanwhile, up to
+    /// [`DRAIN_AT_MOST`]. The lane (and the interpreter) is held only for
+    /// the handler calls, not for writing the replies, so that another
+    /// network thread can call the handler while this one writes. Jobs still
+    /// queued after that go on in a task of their own, which any network
+    /// thread may pick up; meanwhile this one goes back to its connections.
+    fn answer_here(self: &Arc<Self>, first: Option<Job>, lane: Claim<'_>) {
+        // A handler asking its own server to stop must not wait for itself.
+        let _serving = Serving::enter(self);
+        let mut lane = lane;
+        let mut next = first;
+        for _ in 0..DRAIN_AT_MOST {
+            let Some(mut job) = next.take().or_else(|| self.take()) else {
+                self.leave(lane);
+                return;
+            };
+            lane.serve(job.peer(), job.outbox());
+            let clock = lane.clock();
+            self.handler.call_here(&mut || self.answer(&mut job, clock));
+            let left = self.leave(lane);
+            job.settle(true);
+            if !left {
+                return;
+            }
+            lane = match self.claim_lane() {
+                Some(lane) => lane,
+                // Whoever holds a lane takes them; or the fast path closed.
+                None => return self.see_to_queued(),
+            };
+        }
+        if self.leave(lane) {
+            self.hand_on();
+        }
+    }
+
+    /// Gives `lane` up, under the lock that [`Dispatcher::submit`] queues
+    /// under, so that no job is queued for a lane nobody holds; tells whether
+    /// jobs are left.
+    fn leave(&self, lane: Claim<'_>) -> bool {
+        let pool = self.lock();
+        drop(lane);
+        !pool.jobs.is_empty()
+    }
+
+    /// Sees to jobs a network thread left queued: a task on the runtime
+    /// that takes a lane for them, or, off a runtime, a handler thread.
+    fn hand_on(self: &Arc<Self>) {
+        let inner = self.clone();
+        let go_on = move || match inner.claim_lane() {
+            Some(lane) => inner.answer_here(None, lane),
+            None => inner.see_to_queued(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move { go_on() })),
+            Err(_) => self.see_to_queued(),
+        }
+    }
+
+    /// Wakes a handler thread for queued jobs unless a lane takes them.
+    fn see_to_queued(self: &Arc<Self>) {
+        let mut pool = self.lock();
+        if !pool.jobs.is_empty() && !self.lane_takes_next() {
+            self.wake_one(&mut pool);
+        }
+        self.unlock(pool);
     }
 
     /// A handler thread's life: take jobs while there are any, wait
     /// (released) when there are none, leave when idle too long or closed.
-    fn work(self: &Arc<Self>, worker: &Arc<Worker>) {
-        SERVING.set(Arc::as_ptr(self) as usize);
+    fn work(self: &Arc<Self>, clock: &Arc<CallClock>) {
+        let _serving = Serving::enter(self);
         // However the thread ends, it leaves the pool.
-        let _leave = Leave {
-            inner: self,
-            worker,
-        };
+        let _leave = Leave { inner: self, clock };
         let handler = self.handler.clone();
         handler.enter(&mut |detach| {
             loop {
@@ -286,7 +457,7 @@ impl Inner {
                     },
                 };
                 let started = Instant::now();
-                self.answer(&mut job, worker);
+                self.answer(&mut job, clock);
                 // With nothing else waiting, latency is what counts: write the
                 // replies from here and spare the connection a wake-up. With a
                 // backlog, this thread's time is what counts: the network
@@ -342,12 +513,11 @@ impl Inner {
 
     /// Runs the handler on every message of `job`, stopping at the first
     /// failure.
-    fn answer(&self, job: &mut Job, worker: &Worker) {
+    fn answer(&self, job: &mut Job, clock: &CallClock) {
         while let Some(message) = job.next() {
-            let started = self.epoch.elapsed().as_nanos() as u64 + 1;
-            worker.call_started.store(started, Relaxed);
+            clock.start(self.now());
             let reply = self.handler.reply(job.peer(), message);
-            worker.call_started.store(0, Relaxed);
+            clock.stop();
             let go_on = match reply {
                 Ok(reply) => job.answer(Ok(reply.as_deref())),
                 Err(e) => job.answer(Err(e)),
@@ -358,23 +528,36 @@ impl Inner {
         }
     }
 
-    /// Adds a thread whenever jobs wait behind threads that are all stuck.
+    /// Nanoseconds since the epoch: what call clocks count in.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Closes the fast path while calls get stuck, reopens it once they no
+    /// longer do, and adds a thread whenever jobs wait behind threads that
+    /// are all stuck.
     fn watchdog(self: Arc<Self>) {
         let mut pool = self.lock();
-        let mut seen = pool.submitted;
+        let mut seen = self.submitted.load(Relaxed);
         let mut quiet = 0;
+        // When a call last looked stuck.
+        let mut last_stuck: Option<u64> = None;
+        // The long calls on network threads already seen to.
+        let mut long_calls = Vec::new();
         loop {
             if pool.closed {
                 pool.watchdog = Watchdog::Absent;
+                self.watchdog_asleep.store(true, SeqCst);
                 return;
             }
-            if quiet >= QUIET_LOOKS && pool.jobs.is_empty() {
+            if quiet >= QUIET_LOOKS && pool.jobs.is_empty() && self.may_park() {
                 pool.watchdog = Watchdog::Parked;
                 pool = self
                     .watch
                     .wait(pool)
                     .unwrap_or_else(PoisonError::into_inner);
                 pool.watchdog = Watchdog::Looking;
+                self.watchdog_asleep.store(false, SeqCst);
                 quiet = 0;
                 continue;
             }
@@ -383,40 +566,100 @@ impl Inner {
                 .wait_timeout(pool, WATCH_EVERY)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
-            quiet = if pool.submitted == seen { quiet + 1 } else { 0 };
-            seen = pool.submitted;
-            if !pool.jobs.is_empty()
-                && pool.idle == 0
-                && pool.threads.len() < self.max_threads
-                && self.all_stuck(&pool)
+            let submitted = self.submitted.load(Relaxed);
+            quiet = if submitted == seen { quiet + 1 } else { 0 };
+            seen = submitted;
+
+            let now = self.now();
+            // A network thread inside a long call may have been the one
+            // watching the sockets, the others asleep until it is done: a
+            // task from outside wakes one, which takes the watch over.
+            let long = self.lanes.long_calls(now, WATCH_EVERY);
+            if long.iter().any(|call| !long_calls.contains(call))
+                && let Some(network) = &pool.network
             {
-                self.spawn(&mut pool);
+                drop(network.spawn(async {}));
+            }
+            long_calls = long;
+            let stuck = |clock: &CallClock| clock.stuck(now, STUCK_AFTER);
+            if self.lanes.stuck(now, STUCK_AFTER) || pool.threads.iter().any(|c| stuck(c)) {
+                if self.lanes.is_open() {
+                    // Logging may need the interpreter, whose holder may be
+                    // waiting for this lock: log without it.
+                    drop(pool);
+                    debug!("A handler call looks stuck: jobs go to the handler threads for now.");
+                    pool = self.lock();
+                }
+                self.lanes.close();
+                last_stuck = Some(now);
+            } else if last_stuck
+                .is_some_and(|at| now.saturating_sub(at) >= INLINE_AGAIN_AFTER.as_nanos() as u64)
+            {
+                self.lanes.reopen();
+                last_stuck = None;
+            }
+            if !pool.jobs.is_empty() && !self.lane_takes_next() {
+                if pool.idle > pool.waking {
+                    pool.waking += 1;
+                    self.work.notify_one();
+                } else if pool.threads.len() < self.max_threads
+                    && pool.threads.iter().all(|c| stuck(c))
+                {
+                    self.spawn(&mut pool);
+                }
+            }
+            if pool.unreported.is_some() {
+                self.unlock(pool);
+                pool = self.lock();
             }
         }
     }
 
-    fn all_stuck(&self, pool: &Pool) -> bool {
-        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
-        let stuck = STUCK_AFTER.as_nanos() as u64;
-        pool.threads.iter().all(|w| {
-            let started = w.call_started.load(Relaxed);
-            started != 0 && now.saturating_sub(started) >= stuck
-        })
+    /// Marks the watchdog asleep unless a call on a network thread is
+    /// running, which it must keep watching. Marked first, then checked,
+    /// the other way round from [`Dispatcher::submit`], so that no call
+    /// goes unseen.
+    fn may_park(&self) -> bool {
+        self.watchdog_asleep.store(true, SeqCst);
+        if self.lanes.busy() > 0 {
+            self.watchdog_asleep.store(false, SeqCst);
+            return false;
+        }
+        true
+    }
+}
+
+/// Marks the current thread as one running a dispatcher's handler, for as
+/// long as it lives.
+struct Serving {
+    previous: usize,
+}
+
+impl Serving {
+    fn enter(inner: &Arc<Inner>) -> Self {
+        Serving {
+            previous: SERVING.replace(Arc::as_ptr(inner) as usize),
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        SERVING.set(self.previous);
     }
 }
 
 /// Removes a handler thread from the pool when it ends, however it ends.
 struct Leave<'a> {
     inner: &'a Inner,
-    worker: &'a Arc<Worker>,
+    clock: &'a Arc<CallClock>,
 }
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
         let mut pool = self.inner.lock();
-        pool.threads.retain(|w| !Arc::ptr_eq(w, self.worker));
+        pool.threads.retain(|c| !Arc::ptr_eq(c, self.clock));
         self.inner.left.notify_all();
-        SERVING.set(0);
     }
 }
 
@@ -470,7 +713,8 @@ mod tests {
             calls: AtomicUsize::new(0),
         });
         Ok(TestPool {
-            dispatcher: Dispatcher::new(handler, max_threads),
+            // One network thread: no lanes, every job goes to the pool.
+            dispatcher: Dispatcher::new(handler, max_threads, 1),
             protocol,
         })
     }
@@ -567,7 +811,7 @@ mod tests {
     #[test]
     fn a_busy_handler_does_not_grow_the_pool() -> crate::Result<()> {
         let d = TestPool {
-            dispatcher: Dispatcher::new(Arc::new(Busy), 4),
+            dispatcher: Dispatcher::new(Arc::new(Busy), 4, 1),
             protocol: Protocol::Raw,
         };
         // 60 jobs of 1 ms queue up for a dozen of the watchdog's looks.
@@ -618,8 +862,120 @@ mod tests {
         d.close();
         d.join_idle();
         assert_eq!(d.load().threads, 0);
-        d.open();
+        d.open(None);
         assert_eq!(wait(job(&d, &[b"y"]))?.out, b"Y");
+        Ok(())
+    }
+
+    /// Names the thread that answers "who"; holds "hold" until released.
+    #[derive(Default)]
+    struct Held {
+        entered: Mutex<usize>,
+        released: Mutex<bool>,
+        changed: Condvar,
+    }
+
+    impl Held {
+        fn wait_entered(&self) {
+            let entered = self.entered.lock().unwrap_or_else(PoisonError::into_inner);
+            let (entered, _) = self
+                .changed
+                .wait_timeout_while(entered, Duration::from_secs(10), |n| *n == 0)
+                .unwrap_or_else(PoisonError::into_inner);
+            assert!(*entered > 0, "the held call never started");
+        }
+
+        fn release(&self) {
+            *self.released.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            self.changed.notify_all();
+        }
+    }
+
+    impl Handler for Held {
+        fn reply(
+            &self,
+            _peer: std::net::SocketAddr,
+            message: &[u8],
+        ) -> Result<Option<Vec<u8>>, String> {
+            if message == b"hold" {
+                *self.entered.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+                self.changed.notify_all();
+                let released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
+                let _held =
+                    self.changed
+                        .wait_timeout_while(released, Duration::from_secs(10), |r| !*r);
+                return Ok(Some(b"held".to_vec()));
+            }
+            let name = thread::current().name().unwrap_or("unnamed").to_owned();
+            Ok(Some(name.into_bytes()))
+        }
+    }
+
+    /// A dispatcher for a server of two network threads: one lane.
+    fn with_lanes(handler: Arc<Held>, max_threads: usize) -> TestPool {
+        TestPool {
+            dispatcher: Dispatcher::new(handler, max_threads, 2),
+            protocol: Protocol::Raw,
+        }
+    }
+
+    /// Submits `messages` from a thread named `name`; returns once the
+    /// submission does.
+    fn submit_from(d: &Arc<TestPool>, name: &str, messages: &'static [&'static [u8]]) -> Pending {
+        let d = d.clone();
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || job(&d, messages))
+            .and_then(|t| {
+                t.join()
+                    .map_err(|_| std::io::Error::other("submitter panicked"))
+            })
+            .expect("a submitting thread")
+    }
+
+    #[test]
+    fn a_quick_job_is_answered_on_the_thread_that_submits_it() -> crate::Result<()> {
+        let d = Arc::new(with_lanes(Arc::default(), 4));
+        let pending = submit_from(&d, "network", &[b"who", b"who"]);
+        // Answered before the submission returned, where it was made.
+        assert_eq!(pending.take().unwritten, b"networknetwork");
+        assert_eq!(d.load().threads, 0, "no handler thread was needed");
+        Ok(())
+    }
+
+    #[test]
+    fn one_handler_thread_leaves_no_lane() -> crate::Result<()> {
+        let d = Arc::new(with_lanes(Arc::default(), 1));
+        let answer = wait(submit_from(&d, "network", &[b"who"]))?;
+        assert_eq!(answer.out, b"sockdemo-handler");
+        Ok(())
+    }
+
+    #[test]
+    fn a_held_call_on_a_lane_sends_later_jobs_to_handler_threads() -> crate::Result<()> {
+        let held = Arc::new(Held::default());
+        let d = Arc::new(with_lanes(held.clone(), 4));
+        let holder = {
+            let d = d.clone();
+            thread::Builder::new()
+                .name("network-1".into())
+                .spawn(move || job(&d, &[b"hold"]))?
+        };
+        held.wait_entered();
+        assert_eq!(d.calls_here(), 1);
+        // Queued behind the held lane until the watchdog sees the call
+        // stuck, closes the fast path and sends a handler thread.
+        let answer = wait(submit_from(&d, "network-2", &[b"who"]))?;
+        assert_eq!(answer.out, b"sockdemo-handler");
+        assert!(!d.inner.lanes.is_open(), "the fast path is closed");
+        // And so are jobs submitted now, the call still held.
+        let answer = wait(submit_from(&d, "network-2", &[b"who"]))?;
+        assert_eq!(answer.out, b"sockdemo-handler");
+        held.release();
+        let holder = holder
+            .join()
+            .map_err(|_| std::io::Error::other("holder panicked"))?;
+        assert_eq!(wait(holder)?.out, b"held");
         Ok(())
     }
 }

@@ -1,13 +1,17 @@
 //! What a reply handler is: code that decides the answer in place of the echo.
 //!
-//! A handler runs on the dispatcher's threads (see `dispatch`), never on the
-//! network threads, so it may block, sleep or wait on I/O. Two hooks let an
-//! embedding runtime (the Python module, for one) keep its own rules:
+//! A handler runs on the dispatcher's threads (see `dispatch`), or on the
+//! network thread that read the message while calls return quickly (see
+//! `inline`); it may block, sleep or wait on I/O, and the dispatcher then
+//! keeps it off the network threads. Three hooks let an embedding runtime
+//! (the Python module, for one) keep its own rules:
 //!
 //! * [`Handler::enter`] wraps a handler thread's whole life, so a thread can
 //!   stay attached to an interpreter instead of attaching per message;
 //! * the [`Detach`] it hands out releases that attachment while the thread
-//!   waits for work, so waiting never blocks the interpreter.
+//!   waits for work, so waiting never blocks the interpreter;
+//! * [`Handler::call_here`] wraps the calls a network thread makes, so it
+//!   can keep what it needs (a thread state) between them.
 //!
 //! A plain Rust handler implements [`Handler::reply`] and nothing else.
 
@@ -48,7 +52,8 @@ pub trait Handler: Send + Sync {
     /// Answers `message` from the client at `peer`: the bytes to send back, `Ok(None)` for the default
     /// echo, or `Err` with a description when it failed (the handler logs
     /// the details itself). A failure closes that client's connection and
-    /// nothing else. May block: it runs on a handler thread.
+    /// nothing else. May block: a call that does moves the handler off the
+    /// network threads.
     fn reply(&self, peer: SocketAddr, message: &[u8]) -> Result<Option<Vec<u8>>, String>;
 
     /// Runs a handler thread's life, `thread`, inside whatever context
@@ -56,5 +61,12 @@ pub trait Handler: Send + Sync {
     /// while waiting. The default holds nothing.
     fn enter(&self, thread: &mut dyn FnMut(&dyn Detach)) {
         thread(&Nothing);
+    }
+
+    /// Runs `calls` (which call [`Handler::reply`]) on a network thread,
+    /// one that is not a handler thread and never waits for work. The
+    /// default holds nothing.
+    fn call_here(&self, calls: &mut dyn FnMut()) {
+        calls();
     }
 }

@@ -80,6 +80,11 @@ impl Job {
         self.peer
     }
 
+    /// Where the replies go, until the job is settled.
+    pub(crate) fn outbox(&self) -> Option<&Arc<Outbox>> {
+        self.outbox.as_ref()
+    }
+
     /// How many messages the job carries.
     pub fn len(&self) -> usize {
         self.messages.len()
@@ -247,7 +252,7 @@ pub(crate) mod testing {
             prefix: b"> ".to_vec(),
         });
         let stats = Arc::new(Stats::default());
-        let outbox = Arc::new(Outbox::new(None, stats.clone()));
+        let outbox = Arc::new(Outbox::new(None, false, stats.clone()));
         outbox.begin();
         let job = Job::new(
             ([127, 0, 0, 1], 5555).into(),

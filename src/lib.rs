@@ -20,6 +20,9 @@
 //! * [`job`]: the messages handed to a handler, and the rules of its replies.
 //! * [`dispatch`](mod@dispatch): the pool of threads that runs a handler off
 //!   the network threads, in order per connection, with back-pressure.
+//! * `inline`: the dispatcher's fast path, a quick handler answered on the
+//!   network thread that read the message, and the rules that keep a
+//!   blocking one off it.
 //! * [`handoff`]: jobs for an event loop in another thread, woken once per
 //!   batch.
 //! * `outbox`: where a connection's handler replies go, straight into its
@@ -44,6 +47,7 @@ pub mod error;
 pub mod handler;
 pub mod handoff;
 mod idle;
+mod inline;
 pub mod job;
 pub mod loop_client;
 mod outbox;
@@ -58,4 +62,7 @@ pub mod tls;
 mod python;
 
 pub use error::{Error, Result};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use protocol::Protocol;

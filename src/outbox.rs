@@ -27,8 +27,11 @@ use crate::stats::Stats;
 
 /// One connection's outbox, shared by the connection and the handler pool.
 pub(crate) struct Outbox {
-    /// The connection's socket (plain TCP only), for the pool to write to.
+    /// A duplicate of the connection's socket, for the pool to write to
+    /// (plain TCP only) and for a shutdown to close.
     socket: Option<Socket>,
+    /// May the pool write to `socket`? Not under TLS.
+    write_here: bool,
     /// The server's counters: replies are counted as they are delivered,
     /// before the client can see them.
     stats: Arc<Stats>,
@@ -68,11 +71,13 @@ pub(crate) struct Delivered {
 }
 
 impl Outbox {
-    /// An outbox writing to `socket` (a duplicate of the connection's
-    /// descriptor), or handing everything back when there is none.
-    pub fn new(socket: Option<OwnedFd>, stats: Arc<Stats>) -> Self {
+    /// An outbox over `socket` (a duplicate of the connection's
+    /// descriptor): writing to it if `write_here`, handing everything back
+    /// to the connection otherwise.
+    pub fn new(socket: Option<OwnedFd>, write_here: bool, stats: Arc<Stats>) -> Self {
         Outbox {
             socket: socket.map(Socket::from),
+            write_here,
             stats,
             state: Mutex::default(),
             settled: Notify::new(),
@@ -107,6 +112,7 @@ impl Outbox {
         let mut state = self.lock();
         let mut written = 0;
         if let Some(socket) = &self.socket
+            && self.write_here
             && write
             && !state.closed
             && state.unwritten.is_empty()
@@ -178,5 +184,15 @@ impl Outbox {
     /// The connection is closing: the pool must not write any more.
     pub fn close(&self) {
         self.lock().closed = true;
+    }
+
+    /// Closes the connection from outside, its task being stuck: the client
+    /// sees the end, and no reply goes out any more.
+    pub fn cut(&self) {
+        self.close();
+        if let Some(socket) = &self.socket {
+            // Already gone is as good as closed.
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
     }
 }

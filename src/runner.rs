@@ -48,11 +48,21 @@ enum Kind {
 }
 
 impl Runner {
-    /// Runs as `handling` says; replies are encoded with `codec`, and
-    /// `prefix` makes the echo a handler asks for by answering nothing.
-    pub fn new(handling: Handling, codec: Codec, prefix: Vec<u8>, max_threads: usize) -> Self {
+    /// Runs as `handling` says, with at most `max_threads` handler calls at
+    /// once on a server of `network_threads`; replies are encoded with
+    /// `codec`, and `prefix` makes the echo a handler asks for by answering
+    /// nothing.
+    pub fn new(
+        handling: Handling,
+        codec: Codec,
+        prefix: Vec<u8>,
+        max_threads: usize,
+        network_threads: usize,
+    ) -> Self {
         let kind = match handling {
-            Handling::Threads(handler) => Kind::Pool(Dispatcher::new(handler, max_threads)),
+            Handling::Threads(handler) => {
+                Kind::Pool(Dispatcher::new(handler, max_threads, network_threads))
+            }
             Handling::Loop(handoff) => Kind::Loop(handoff),
         };
         Runner {
@@ -77,10 +87,10 @@ impl Runner {
         }
     }
 
-    /// The server starts serving (again).
-    pub fn open(&self) {
+    /// The server starts serving (again), its connections on `network`.
+    pub fn open(&self, network: &tokio::runtime::Handle) {
         match &self.kind {
-            Kind::Pool(pool) => pool.open(),
+            Kind::Pool(pool) => pool.open(Some(network.clone())),
             Kind::Loop(handoff) => handoff.reopen(),
         }
     }
@@ -101,13 +111,31 @@ impl Runner {
         }
     }
 
-    /// Is the caller running this server's handler (a pool thread, or the
-    /// loop's thread)? Waiting there for the server to stop would wait for
-    /// the caller itself.
+    /// Is the caller running this server's handler (a pool thread, a
+    /// network thread inside a call, or the loop's thread)? Waiting there
+    /// for the server to stop would wait for the caller itself.
     pub fn is_current_thread(&self) -> bool {
         match &self.kind {
             Kind::Pool(pool) => pool.is_current_thread(),
             Kind::Loop(handoff) => handoff.is_current_thread(),
+        }
+    }
+
+    /// Handler calls running on network threads now.
+    pub fn calls_here(&self) -> usize {
+        match &self.kind {
+            Kind::Pool(pool) => pool.calls_here(),
+            Kind::Loop(_) => 0,
+        }
+    }
+
+    /// Closes the connections whose messages the handler is answering on
+    /// network threads now, which cannot hear a shutdown; returns their
+    /// clients.
+    pub fn cut_calls_here(&self) -> Vec<SocketAddr> {
+        match &self.kind {
+            Kind::Pool(pool) => pool.cut_calls_here(),
+            Kind::Loop(_) => Vec::new(),
         }
     }
 

@@ -35,6 +35,7 @@ pub use crate::config::{Config, Mode};
 use crate::connection::{self, Session, Shared};
 use crate::error::{Error, Result};
 pub use crate::handler::Handler;
+use crate::handler::py_address;
 use crate::idle::Registry;
 use crate::protocol::Codec;
 pub use crate::runner::Handling;
@@ -116,13 +117,50 @@ pub(crate) async fn run(
     if !tracker.is_empty() {
         debug!("Draining {} connections.", tracker.len());
     }
-    tracker.wait().await;
+    tokio::select! {
+        () = tracker.wait() => {}
+        stuck = stuck_in_calls(&tracker, &shared, &shutdown) => {
+            for peer in stuck {
+                warn!(
+                    "The handler for {} is still running after {:?} of shutdown; closing that connection.",
+                    py_address(peer),
+                    shared.config.shutdown_timeout
+                );
+            }
+        }
+    }
     // Every connection is done: idle handler threads may go.
     if let Some(runner) = &shared.runner {
         runner.close();
     }
     result
 }
+
+/// Returns once shutdown has waited its grace period and every connection
+/// still open is inside a handler call on its network thread: those cannot
+/// hear the shutdown, and waiting for them could take for ever, so they are
+/// closed from outside; returns their clients.
+async fn stuck_in_calls(
+    tracker: &TaskTracker,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Vec<SocketAddr> {
+    shutdown.cancelled().await;
+    tokio::time::sleep(shared.config.shutdown_timeout).await;
+    let Some(runner) = &shared.runner else {
+        return std::future::pending().await;
+    };
+    loop {
+        if tracker.len() <= runner.calls_here() {
+            return runner.cut_calls_here();
+        }
+        tokio::time::sleep(STUCK_CHECK).await;
+    }
+}
+
+/// How often a shutdown past its grace period looks for connections stuck
+/// in handler calls.
+const STUCK_CHECK: Duration = Duration::from_millis(50);
 
 /// Waits for a free slot while a client waits, closing the connection idle
 /// the longest (once it has been idle `evict_idle_after`) to make one.
@@ -226,6 +264,13 @@ impl Backoff {
     }
 }
 
+/// The network threads of a server: one per core, and at least two, since
+/// a handler call on a network thread (see `inline`) must leave one free to
+/// serve the network.
+fn network_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
 /// Binds a listening socket with SO_REUSEADDR, so a restarted server gets
 /// its port back at once instead of waiting out TIME_WAIT.
 ///
@@ -316,6 +361,7 @@ impl Server {
                 codec,
                 config.reply_prefix.clone(),
                 config.handler_threads,
+                network_threads(),
             )
         });
         let shared = Shared {
@@ -393,6 +439,7 @@ impl Server {
         let runtime = match state.runtime.take() {
             Some(runtime) => runtime,
             None => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(network_threads())
                 .thread_name("sockdemo-server")
                 .enable_all()
                 .build()?,
@@ -404,7 +451,7 @@ impl Server {
         let runtime = state.runtime.insert(runtime);
         let listener = listener?;
         if let Some(runner) = &self.shared.runner {
-            runner.open();
+            runner.open(runtime.handle());
         }
         let shutdown = CancellationToken::new();
         let done = Arc::new(Completion::default());

@@ -88,6 +88,59 @@ def test_a_blocked_handler_delays_nobody_else(serve, gate) -> None:
         c.close()
 
 
+def thread_name() -> str:
+    """The kernel's name for the calling thread (Python calls sockdemo's
+    own threads "Dummy-N")."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/comm") as comm:
+        return comm.read().strip()
+
+
+@pytest.mark.skipif(not hasattr(threading, "get_native_id"), reason="needs thread ids")
+def test_a_quick_handler_runs_on_the_network_threads_a_blocking_one_moves_off(serve, gate) -> None:
+    def handler(message: str) -> str:
+        if message.startswith("hold"):
+            return gate(message)
+        return thread_name()
+
+    server = serve(handler=handler, handler_threads=4)
+    port = server.server_address[1]
+    with sockdemo.Client("127.0.0.1", port, timeout=10) as quick:
+        # Answered where the message was read: no hand-off to another thread.
+        assert quick.request("where?") == "sockdemo-server"
+        holder = sockdemo.Client("127.0.0.1", port, timeout=10)
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(holder.request, "hold")
+            gate.wait_entered(1)
+            # The held call looks stuck soon enough: from then on, calls go to
+            # the handler threads, and this one is answered while it waits.
+            assert quick.request("where now?") == "sockdemo-handle"
+            assert not held.done()
+            gate.opened.set()
+            assert held.result(10) == "Server received: hold"
+        holder.close()
+
+
+def test_a_handler_blocking_a_network_thread_never_stops_the_network(serve) -> None:
+    # Whichever network thread was watching the sockets when the call came
+    # in, a held call must not leave new clients unaccepted: five servers,
+    # five chances for each thread to be the one held.
+    for _ in range(5):
+        gate = Gate()
+        server = serve(handler=gate, handler_threads=4)
+        holder = connect(server)
+        holder.sendall(b"hold")
+        gate.wait_entered(1)
+        for _ in range(10):
+            with connect(server) as newcomer:
+                newcomer.sendall(b"bye")
+                assert read_until_closed(newcomer) == sockdemo.BYE_REPLY.encode()
+        gate.opened.set()
+        expected = b"Server received: hold"
+        assert recv_exactly(holder, len(expected)) == expected
+        holder.close()
+        server.server_close()
+
+
 def test_sleeping_handlers_run_side_by_side(serve) -> None:
     server = serve(handler=lambda m: (time.sleep(1), "slept " + m)[1], handler_threads=8)
     port = server.server_address[1]

@@ -5,11 +5,16 @@
 //! from a thread Python did not create builds a thread state, which is far
 //! too slow to do per message. Calls made while attached just take the
 //! already-held interpreter.
+//!
+//! A network thread that answers on the spot (`Handler::call_here`) keeps a
+//! thread state too, made at its first call and kept for the thread's life,
+//! so that each later call only takes the interpreter lock.
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 
 use super::convert::{address, decode_text, encode_text};
@@ -34,6 +39,11 @@ impl Detach for Released<'_> {
 impl Handler for PyHandler {
     fn enter(&self, thread: &mut dyn FnMut(&dyn Detach)) {
         Python::attach(|py| thread(&Released(py)));
+    }
+
+    fn call_here(&self, calls: &mut dyn FnMut()) {
+        keep_thread_state();
+        Python::attach(|_| calls());
     }
 
     fn reply(&self, peer: SocketAddr, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
@@ -69,6 +79,37 @@ impl PyHandler {
                 reply.get_type().name()?
             )))
         }
+    }
+}
+
+thread_local! {
+    /// Has this thread a thread state of its own, kept for its life?
+    static KEPT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Gives the calling thread a thread state it keeps for its life, detached
+/// from the interpreter. Attaching later (`Python::attach`) then finds it and
+/// only takes the interpreter lock; without it, every attach from a thread
+/// Python did not create builds a thread state and tears it down again.
+///
+/// The state is never released: a network thread ends when its server's
+/// runtime does, possibly while the interpreter is finalizing, when touching
+/// it is unsafe. What it leaves behind is one thread state, which the
+/// interpreter clears at exit like any other ended thread's.
+fn keep_thread_state() {
+    if KEPT.get() {
+        return;
+    }
+    KEPT.set(true);
+    // SAFETY: the thread is not attached (network threads never are outside
+    // `call_here`), so `PyGILState_Ensure` makes a thread state and attaches
+    // it; `PyEval_SaveThread` detaches it again, leaving the state counted
+    // once by the GIL-state API, so later attaches reuse it and their
+    // releases never drop it. The interpreter is initialized: a Python
+    // handler exists.
+    unsafe {
+        pyo3::ffi::PyGILState_Ensure();
+        pyo3::ffi::PyEval_SaveThread();
     }
 }
 

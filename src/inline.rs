@@ -1,0 +1,236 @@
+//! Answering a job on the network thread that read it: the dispatcher's
+//! fast path.
+//!
+//! Handing a job to a handler thread costs a wake-up and two context
+//! switches of machine time, several times what a trivial Python handler
+//! costs to run. So a job may instead be answered right where it was read,
+//! the way uvloop runs everything on one thread: the network thread keeps a
+//! standing attachment to the interpreter and calls the handler itself.
+//!
+//! The risk is a handler that blocks (it sleeps, or waits on a database): a
+//! network thread inside such a call serves none of its other connections.
+//! Three rules bound that risk:
+//!
+//! * [`Lanes`]: at most a fixed number of network threads are inside a
+//!   handler call at once, one fewer than the runtime has, so at least one
+//!   always serves the network. A job that finds every lane taken goes to
+//!   the handler threads.
+//! * The dispatcher's watchdog reads every lane's [`CallClock`]. A call that
+//!   has run long enough to look stuck shows that this handler waits, so the
+//!   fast path closes ([`Lanes::close`]) and every job goes to the handler
+//!   threads, which are made for waiting. It reopens once no call has been
+//!   stuck for a while.
+//! * A network thread inside a long call may have been the one watching the
+//!   sockets, with the others asleep waiting for it to finish; the watchdog
+//!   wakes one of them ([`Lanes::long_calls`]), so the network never waits
+//!   on a handler.
+//! * A connection stuck in a call on its network thread cannot hear a
+//!   shutdown; after the grace period the server closes its socket from
+//!   outside ([`Lanes::cut`]) and stops waiting for it, as it does for a
+//!   handler thread.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::outbox::Outbox;
+
+/// When the call a thread is making started, for the watchdog to read.
+#[derive(Default)]
+pub(crate) struct CallClock {
+    /// Nanoseconds after the dispatcher's epoch, plus one; 0 between calls.
+    started: AtomicU64,
+}
+
+impl CallClock {
+    /// A call starts at `now` (nanoseconds after the epoch).
+    pub fn start(&self, now: u64) {
+        self.started.store(now + 1, Relaxed);
+    }
+
+    /// The call has returned.
+    pub fn stop(&self) {
+        self.started.store(0, Relaxed);
+    }
+
+    /// Is a call running now?
+    pub fn calling(&self) -> bool {
+        self.started.load(Relaxed) != 0
+    }
+
+    /// Has the call running now run for `after` or longer at `now`?
+    pub fn stuck(&self, now: u64, after: Duration) -> bool {
+        let started = self.started.load(Relaxed);
+        started != 0 && (now + 1).saturating_sub(started) >= after.as_nanos() as u64
+    }
+}
+
+/// One network thread's right to call the handler, with its call's clock.
+#[derive(Default)]
+pub(crate) struct Lane {
+    taken: AtomicBool,
+    clock: CallClock,
+    /// Whose message the call is about, and where its replies go, for a
+    /// shutdown to name and close.
+    call: Mutex<Option<(SocketAddr, Arc<Outbox>)>>,
+}
+
+impl Lane {
+    fn call(&self) -> MutexGuard<'_, Option<(SocketAddr, Arc<Outbox>)>> {
+        self.call.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The lanes of one dispatcher, and whether the fast path is open.
+pub(crate) struct Lanes {
+    lanes: Box<[Lane]>,
+    open: AtomicBool,
+}
+
+impl Lanes {
+    /// `count` lanes (none means every job goes to the handler threads).
+    pub fn new(count: usize) -> Self {
+        Lanes {
+            lanes: (0..count).map(|_| Lane::default()).collect(),
+            open: AtomicBool::new(count > 0),
+        }
+    }
+
+    /// A free lane, if the fast path is open and one is free. Sequentially
+    /// consistent, so that a watchdog going to sleep either sees the lane
+    /// taken or is seen asleep by the taker (see `Dispatcher::submit`).
+    pub fn claim(&self) -> Option<Claim<'_>> {
+        if !self.open.load(Relaxed) {
+            return None;
+        }
+        self.lanes
+            .iter()
+            .find(|lane| {
+                lane.taken
+                    .compare_exchange(false, true, SeqCst, Relaxed)
+                    .is_ok()
+            })
+            .map(|lane| Claim { lane })
+    }
+
+    /// Closes the fast path: a call has looked stuck.
+    pub fn close(&self) {
+        self.open.store(false, Relaxed);
+    }
+
+    /// Opens the fast path again (if there are lanes at all).
+    pub fn reopen(&self) {
+        self.open.store(!self.lanes.is_empty(), Relaxed);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.load(Relaxed)
+    }
+
+    /// Lanes whose thread is inside the handler now.
+    pub fn busy(&self) -> usize {
+        self.lanes.iter().filter(|l| l.taken.load(SeqCst)).count()
+    }
+
+    /// Is any lane's call stuck at `now`?
+    pub fn stuck(&self, now: u64, after: Duration) -> bool {
+        self.lanes.iter().any(|l| l.clock.stuck(now, after))
+    }
+
+    /// When the calls that have run `after` or longer at `now` started.
+    pub fn long_calls(&self, now: u64, after: Duration) -> Vec<u64> {
+        self.lanes
+            .iter()
+            .filter(|l| l.clock.stuck(now, after))
+            .map(|l| l.clock.started.load(Relaxed))
+            .collect()
+    }
+
+    /// Closes the connections whose messages the handler is answering on
+    /// network threads now (their replies will not be sent); returns their
+    /// clients.
+    pub fn cut(&self) -> Vec<SocketAddr> {
+        self.lanes
+            .iter()
+            .filter(|l| l.taken.load(SeqCst))
+            .filter_map(|l| {
+                let (peer, outbox) = l.call().clone()?;
+                outbox.cut();
+                Some(peer)
+            })
+            .collect()
+    }
+}
+
+/// A lane held by the current thread; released when dropped.
+pub(crate) struct Claim<'a> {
+    lane: &'a Lane,
+}
+
+impl Claim<'_> {
+    pub fn clock(&self) -> &CallClock {
+        &self.lane.clock
+    }
+
+    /// The calls that follow answer `peer`, whose replies go to `outbox`.
+    pub fn serve(&self, peer: SocketAddr, outbox: Option<&Arc<Outbox>>) {
+        *self.lane.call() = outbox.map(|outbox| (peer, outbox.clone()));
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.lane.clock.stop();
+        *self.lane.call() = None;
+        self.lane.taken.store(false, SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_are_claimed_one_thread_each_and_freed_on_drop() {
+        let lanes = Lanes::new(2);
+        let a = lanes.claim().expect("a free lane");
+        let b = lanes.claim().expect("a second free lane");
+        assert!(lanes.claim().is_none(), "both lanes are taken");
+        assert_eq!(lanes.busy(), 2);
+        let peer: SocketAddr = "127.0.0.1:5000".parse().expect("an address");
+        let outbox = Arc::new(Outbox::new(None, false, Arc::default()));
+        a.serve(peer, Some(&outbox));
+        assert_eq!(lanes.cut(), vec![peer]);
+        drop(a);
+        assert_eq!(lanes.busy(), 1);
+        assert_eq!(lanes.cut(), vec![], "a freed lane answers nobody");
+        assert!(lanes.claim().is_some(), "a freed lane is free again");
+        drop(b);
+    }
+
+    #[test]
+    fn a_closed_fast_path_gives_no_lane_until_reopened() {
+        let lanes = Lanes::new(1);
+        lanes.close();
+        assert!(lanes.claim().is_none());
+        lanes.reopen();
+        assert!(lanes.claim().is_some());
+        let none = Lanes::new(0);
+        assert!(!none.is_open());
+        none.reopen();
+        assert!(none.claim().is_none(), "no lanes, no fast path");
+    }
+
+    #[test]
+    fn a_call_is_stuck_once_it_has_run_long_enough() {
+        let lanes = Lanes::new(1);
+        let claim = lanes.claim().expect("a free lane");
+        let ms = 1_000_000;
+        claim.clock().start(5 * ms);
+        assert!(!lanes.stuck(10 * ms, Duration::from_millis(10)));
+        assert!(lanes.stuck(15 * ms, Duration::from_millis(10)));
+        claim.clock().stop();
+        assert!(!lanes.stuck(100 * ms, Duration::from_millis(10)));
+    }
+}
