@@ -29,9 +29,10 @@
 //!
 //! Before any of that, a job may be answered on the network thread that
 //! read it, with no hand-off at all (see `inline`): that is the fast path
-//! for handlers that return quickly, and the watchdog closes it as soon as
-//! a call looks stuck. Calls on network threads count against
-//! `max_threads` like the pool's.
+//! for handlers that return quickly. The watchdog closes it as soon as a
+//! call looks stuck, and while calls cost enough on average that a thread
+//! of their own, working beside the network threads, does better. Calls on
+//! network threads count against `max_threads` like the pool's.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -45,7 +46,7 @@ use log::{debug, warn};
 
 use crate::error::Error;
 use crate::handler::{Detach, Handler};
-use crate::inline::{CallClock, Claim, Lanes};
+use crate::inline::{CallClock, CallCost, Claim, Lanes};
 use crate::job::Job;
 use crate::stats::Load;
 
@@ -90,6 +91,8 @@ struct Inner {
     max_threads: usize,
     /// Network threads' rights to answer on the spot.
     lanes: Lanes,
+    /// What a handler call costs, on average.
+    cost: CallCost,
     pool: Mutex<Pool>,
     /// Idle threads wait here for jobs.
     work: Condvar,
@@ -150,6 +153,7 @@ impl Dispatcher {
                 handler,
                 max_threads: max_threads - lanes,
                 lanes: Lanes::new(lanes),
+                cost: CallCost::default(),
                 pool: Mutex::default(),
                 work: Condvar::new(),
                 watch: Condvar::new(),
@@ -515,9 +519,11 @@ impl Inner {
     /// failure.
     fn answer(&self, job: &mut Job, clock: &CallClock) {
         while let Some(message) = job.next() {
-            clock.start(self.now());
+            let started = self.now();
+            clock.start(started);
             let reply = self.handler.reply(job.peer(), message);
             clock.stop();
+            self.cost.record(self.now().saturating_sub(started));
             let go_on = match reply {
                 Ok(reply) => job.answer(Ok(reply.as_deref())),
                 Err(e) => job.answer(Err(e)),
@@ -592,11 +598,19 @@ impl Inner {
                 }
                 self.lanes.close();
                 last_stuck = Some(now);
-            } else if last_stuck
-                .is_some_and(|at| now.saturating_sub(at) >= INLINE_AGAIN_AFTER.as_nanos() as u64)
-            {
-                self.lanes.reopen();
-                last_stuck = None;
+            } else {
+                if last_stuck.is_some_and(|at| {
+                    now.saturating_sub(at) >= INLINE_AGAIN_AFTER.as_nanos() as u64
+                }) {
+                    last_stuck = None;
+                }
+                // Heavy calls are better off on a thread of their own, the
+                // network threads meanwhile reading and writing for it.
+                if self.cost.heavy() {
+                    self.lanes.close();
+                } else if last_stuck.is_none() && self.cost.light() {
+                    self.lanes.reopen();
+                }
             }
             if !pool.jobs.is_empty() && !self.lane_takes_next() {
                 if pool.idle > pool.waking {
