@@ -63,9 +63,11 @@ class Server:
 
     ``handler``, if given, is called with each message (as ``str``, undecodable
     bytes kept as surrogates) and returns the reply instead (``None`` keeps the
-    echo). It runs on a pool of up to ``handler_threads`` Python threads
-    (default ``min(32, cpus + 4)``), never on the network threads, so it may
-    block: a slow handler delays only its own client while a thread is free.
+    echo). A quick one is called on the network thread that read the message;
+    one that blocks or computes for long runs on a pool of Python threads
+    instead, up to ``handler_threads`` calls at once (default
+    ``min(32, cpus + 4)``), so it may block: a slow handler delays only its
+    own client while a thread is free.
     Replies keep their order per connection; while its handler runs, a
     connection reads nothing more, so a busy pool pushes back on clients
     instead of buffering. An exception in it, a wrong return type, an empty

@@ -35,7 +35,8 @@ pub(super) static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
 /// A TCP echo server, bound when constructed (port 0 picks a free port).
 ///
 /// `handler`, if given, is called as `handler(message: str) -> str | bytes |
-/// None` on a pool of up to `handler_threads` threads; `None` keeps the echo.
+/// None`, up to `handler_threads` calls at once (quick ones on the network
+/// thread that read the message); `None` keeps the echo.
 /// Use `serve_forever()` to serve on this thread (Ctrl+C stops it), or
 /// `start()` to serve in the background and `shutdown()` to stop.
 #[pyclass(frozen, module = "sockdemo")]
