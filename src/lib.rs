@@ -62,4 +62,7 @@ pub mod tls;
 mod python;
 
 pub use error::{Error, Result};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use protocol::Protocol;
