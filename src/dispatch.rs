@@ -944,7 +944,7 @@ mod tests {
                 t.join()
                     .map_err(|_| std::io::Error::other("submitter panicked"))
             })
-            .expect("a submitting thread")
+            .expect("a submitting thread") // a test: a thread that cannot start fails it
     }
 
     #[test]

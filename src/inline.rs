@@ -227,11 +227,11 @@ mod tests {
     #[test]
     fn lanes_are_claimed_one_thread_each_and_freed_on_drop() {
         let lanes = Lanes::new(2);
-        let a = lanes.claim().expect("a free lane");
-        let b = lanes.claim().expect("a second free lane");
+        let a = lanes.claim().expect("a free lane"); // a test: two lanes were made
+        let b = lanes.claim().expect("a second free lane"); // a test: two lanes were made
         assert!(lanes.claim().is_none(), "both lanes are taken");
         assert_eq!(lanes.busy(), 2);
-        let peer: SocketAddr = "127.0.0.1:5000".parse().expect("an address");
+        let peer: SocketAddr = "127.0.0.1:5000".parse().expect("an address"); // a literal address
         let outbox = Arc::new(Outbox::new(None, false, Arc::default()));
         a.serve(peer, Some(&outbox));
         assert_eq!(lanes.cut(), vec![peer]);
@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn a_call_is_stuck_once_it_has_run_long_enough() {
         let lanes = Lanes::new(1);
-        let claim = lanes.claim().expect("a free lane");
+        let claim = lanes.claim().expect("a free lane"); // a test: one free lane was made
         let ms = 1_000_000;
         claim.clock().start(5 * ms);
         assert!(!lanes.stuck(10 * ms, Duration::from_millis(10)));
