@@ -29,7 +29,6 @@
 use std::future::{Future, pending, poll_fn};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -38,7 +37,6 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use log::{Level, debug, info, log, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -51,6 +49,7 @@ use crate::outbox::{Delivered, Outbox};
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Reply, is_bye};
 use crate::proxy;
 use crate::runner::Runner;
+use crate::socket::Socket;
 use crate::stats::{Closed, Stats};
 
 /// The first read's size, and the size reads return to after a burst.
@@ -127,8 +126,8 @@ impl End {
 /// Serves one accepted client until it leaves, fails, or the server stops.
 /// Never returns an error: failures are logged with the peer address and
 /// counted, and go no further than this connection.
-pub(crate) async fn serve(
-    mut stream: TcpStream,
+pub(crate) async fn serve<S: Socket>(
+    mut stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     session: Session,
@@ -214,8 +213,8 @@ pub(crate) async fn serve(
 
 /// Reads the PROXY header of a connection from `peer`, bounded like a
 /// message by the message timeout; returns the client it names.
-async fn client_behind_proxy(
-    stream: &mut TcpStream,
+async fn client_behind_proxy<S: Socket>(
+    stream: &mut S,
     peer: SocketAddr,
     shared: &Shared,
     shutdown: &CancellationToken,
@@ -234,11 +233,11 @@ async fn client_behind_proxy(
 
 /// Turns an accepted socket into a transport, doing the TLS handshake if the
 /// server has a certificate. The handshake is bounded by the message timeout.
-async fn open(
-    stream: TcpStream,
+async fn open<S: Socket>(
+    stream: S,
     shared: &Shared,
     shutdown: &CancellationToken,
-) -> Result<Transport> {
+) -> Result<Transport<S>> {
     // Replies are written whole; waiting for more data to coalesce only adds latency.
     let _ = stream.set_nodelay(true);
     let Some(acceptor) = &shared.tls else {
@@ -261,12 +260,12 @@ async fn open(
 }
 
 /// A plain or TLS byte stream.
-enum Transport {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+enum Transport<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::server::TlsStream<S>>),
 }
 
-impl Transport {
+impl<S: Socket> Transport<S> {
     /// Reads what is available into `buf`, reserving `want` bytes only once
     /// data is there, so an idle plain connection holds no buffer at all.
     async fn read_into(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
@@ -336,8 +335,8 @@ impl Transport {
     }
 }
 
-struct Connection<'a> {
-    transport: Transport,
+struct Connection<'a, S> {
+    transport: Transport<S>,
     peer: Arc<str>,
     /// The client's address (behind a proxy, the one its header gave).
     addr: SocketAddr,
@@ -370,7 +369,7 @@ struct Batch {
     needed: usize,
 }
 
-impl Connection<'_> {
+impl<S: Socket> Connection<'_, S> {
     async fn run(&mut self) -> Result<End> {
         let shared = self.shared;
         let config = &shared.config;

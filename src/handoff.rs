@@ -2,15 +2,14 @@
 //! another thread (Python's asyncio loop, for one), waking that loop once per
 //! batch.
 //!
-//! The loop watches a descriptor ([`Handoff::fd`], one end of a socket pair)
-//! the way it watches any socket. Network threads queue jobs and write one
-//! byte to the other end, but only when the loop has not been told already:
-//! however many jobs arrive before the loop looks, they cost one write and
-//! one wake-up. The loop then takes everything queued at once
-//! ([`Handoff::take`]), and takes again before it goes back to waiting, so
-//! jobs that arrive while it works cost no wake-up at all. That is what
-//! `call_soon_threadsafe` does for asyncio, minus the Python call on a
-//! network thread and the wake-ups of a busy loop.
+//! The loop watches one descriptor ([`Handoff::fd`]), the way it watches any
+//! socket: its [`Reactor`]'s, which also serves the server's connections on
+//! the loop's thread (see `reactor`). Jobs are queued there, by connections
+//! the loop is running, so they need no wake-up at all: the loop takes
+//! everything queued ([`Handoff::take`]) before it goes back to waiting.
+//! A job queued from any other thread rings the reactor's bell, but only when
+//! the loop has not been told already: however many jobs arrive before the
+//! loop looks, they cost one wake-up.
 //!
 //! Back-pressure comes from the jobs themselves: a connection has one job in
 //! flight, so the queue holds at most one per connection, and a loop that
@@ -20,24 +19,22 @@
 //! ([`Handoff::is_finished`]), so the loop learns it without a thread of its
 //! own waiting.
 
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, ThreadId};
 
 use crate::job::Job;
+use crate::reactor::Reactor;
 use crate::stats::Load;
 
 /// Jobs waiting for an event loop, and the loop's wake-up.
 #[derive(Debug)]
 pub struct Handoff {
     state: Mutex<State>,
-    /// The end the loop watches.
-    watched: UnixStream,
-    /// The end a byte is written to.
-    signal: UnixStream,
+    /// The loop's network, whose descriptor it watches and whose bell wakes it.
+    reactor: Arc<Reactor>,
     /// Jobs queued, readable without the lock.
     waiting: AtomicUsize,
 }
@@ -46,7 +43,8 @@ pub struct Handoff {
 struct State {
     jobs: Vec<Job>,
     queued_messages: usize,
-    /// A byte is on its way to the loop, or waiting for it.
+    /// The loop has been woken, or is at work: it takes again before it
+    /// waits.
     signalled: bool,
     /// The server has finished serving.
     finished: bool,
@@ -59,17 +57,18 @@ impl Handoff {
     ///
     /// # Errors
     ///
-    /// When the socket pair cannot be made (out of descriptors, say).
+    /// When the reactor cannot be made (out of descriptors, say).
     pub fn new() -> io::Result<Self> {
-        let (watched, signal) = UnixStream::pair()?;
-        watched.set_nonblocking(true)?;
-        signal.set_nonblocking(true)?;
         Ok(Handoff {
             state: Mutex::default(),
-            watched,
-            signal,
+            reactor: Reactor::new()?,
             waiting: AtomicUsize::new(0),
         })
+    }
+
+    /// The loop's reactor, which serves the server's connections.
+    pub(crate) fn reactor(&self) -> &Arc<Reactor> {
+        &self.reactor
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -78,10 +77,11 @@ impl Handoff {
     }
 
     /// The descriptor the loop watches for reading: readable when there are
-    /// jobs to take or the server has finished. When it is, the loop calls
-    /// [`Handoff::woken`], then [`Handoff::take`] until nothing comes back.
+    /// jobs to take, sockets to serve, or the server has finished. When it
+    /// is, the loop calls [`Handoff::woken`], then turns the reactor and
+    /// [`Handoff::take`]s until neither has anything.
     pub fn fd(&self) -> RawFd {
-        self.watched.as_raw_fd()
+        self.reactor.fd()
     }
 
     /// Queues `job` and wakes the loop, unless it has been woken already.
@@ -98,17 +98,13 @@ impl Handoff {
     }
 
     fn wake(&self) {
-        // A full socket buffer means a wake-up is already waiting.
-        let _ = (&self.signal).write(&[1]);
+        self.reactor.ring();
     }
 
-    /// The loop was woken: reads the wake-up. Then [`Handoff::take`] until
-    /// it comes back empty.
+    /// The loop was woken, and is at work: jobs queued from now on need no
+    /// wake-up until a [`Handoff::take`] comes back empty.
     pub fn woken(&self) {
-        // At most one byte is in flight per wake-up (and one for the finish):
-        // one read takes them all.
-        let mut sink = [0; 64];
-        let _ = (&self.watched).read(&mut sink);
+        self.lock().signalled = true;
     }
 
     /// Takes every job queued, in order. An empty take means the loop goes
@@ -149,8 +145,10 @@ impl Handoff {
         }
     }
 
-    /// The server has finished: no job will come any more. Wakes the loop.
+    /// The server has finished: no job will come any more, and no
+    /// connection is left to serve. Wakes the loop.
     pub(crate) fn finish(&self) {
+        self.reactor.close();
         let mut state = self.lock();
         state.finished = true;
         state.signalled = true;
@@ -160,6 +158,7 @@ impl Handoff {
 
     /// The server serves again after [`Handoff::finish`].
     pub(crate) fn reopen(&self) {
+        self.reactor.reopen();
         self.lock().finished = false;
     }
 
@@ -194,16 +193,15 @@ mod tests {
     use crate::job::testing::{job, wait};
     use crate::protocol::Protocol;
 
-    /// How many wake-up bytes wait for the loop.
-    fn waiting(handoff: &Handoff) -> usize {
-        let mut bytes = [std::mem::MaybeUninit::uninit(); 8];
-        socket2::SockRef::from(&handoff.watched)
-            .peek(&mut bytes)
-            .unwrap_or(0)
+    /// Would the loop wake up? (Is the descriptor it watches readable?)
+    fn readable(handoff: &Handoff) -> bool {
+        crate::reactor::testing::readable(handoff.fd())
     }
 
-    fn readable(handoff: &Handoff) -> bool {
-        waiting(handoff) > 0
+    /// The loop, woken, takes what the reactor has (here, only the bell).
+    fn wake_up(handoff: &Handoff) {
+        handoff.woken();
+        handoff.reactor().turn();
     }
 
     #[test]
@@ -214,9 +212,9 @@ mod tests {
         let (second, b) = job(Protocol::Raw, &[b"b", b"c"]);
         handoff.submit(first);
         handoff.submit(second);
-        assert_eq!(waiting(&handoff), 1);
+        assert!(readable(&handoff));
         assert_eq!(handoff.load().queued, 3);
-        handoff.woken();
+        wake_up(&handoff);
         let jobs = handoff.take();
         assert!(!readable(&handoff));
         assert_eq!(handoff.load().queued, 0);
@@ -247,13 +245,13 @@ mod tests {
         let handoff = Handoff::new()?;
         let (first, _a) = job(Protocol::Raw, &[b"a"]);
         handoff.submit(first);
-        handoff.woken();
+        wake_up(&handoff);
         assert_eq!(handoff.take().len(), 1);
         assert!(handoff.take().is_empty());
         let (second, _b) = job(Protocol::Raw, &[b"b"]);
         handoff.submit(second);
         assert!(readable(&handoff));
-        handoff.woken();
+        wake_up(&handoff);
         assert!(!readable(&handoff));
         let (third, _c) = job(Protocol::Raw, &[b"c"]);
         handoff.submit(third);
@@ -262,7 +260,7 @@ mod tests {
         assert!(readable(&handoff));
         assert_eq!(handoff.take().len(), 2);
         // Stopping short with none queued: the next job wakes the loop.
-        handoff.woken();
+        wake_up(&handoff);
         handoff.later();
         let (fourth, _d) = job(Protocol::Raw, &[b"d"]);
         handoff.submit(fourth);
@@ -275,7 +273,7 @@ mod tests {
         let handoff = Handoff::new()?;
         handoff.finish();
         assert!(readable(&handoff));
-        handoff.woken();
+        wake_up(&handoff);
         assert!(handoff.take().is_empty());
         assert!(handoff.is_finished());
         handoff.reopen();

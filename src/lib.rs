@@ -53,8 +53,10 @@ pub mod loop_client;
 mod outbox;
 pub mod protocol;
 pub mod proxy;
+mod reactor;
 pub mod runner;
 pub mod server;
+mod socket;
 pub mod stats;
 pub mod tls;
 

@@ -19,8 +19,7 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use ppp::HeaderResult;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
 
@@ -102,8 +101,8 @@ impl fmt::Display for ProxyPolicy {
 ///
 /// [`Error::Proxy`] for a source the policy does not allow, a missing or
 /// malformed header, or a connection that ends inside it; [`Error::Io`].
-pub(crate) async fn read_header(
-    stream: &mut TcpStream,
+pub(crate) async fn read_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
     peer: SocketAddr,
     policy: &ProxyPolicy,
 ) -> Result<SocketAddr> {
@@ -168,7 +167,7 @@ fn client_address(header: &[u8]) -> Result<Option<SocketAddr>> {
     }
 }
 
-async fn read_exact(stream: &mut TcpStream, buf: &mut [u8]) -> Result<()> {
+async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Result<()> {
     match stream.read_exact(buf).await {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Proxy(

@@ -19,6 +19,7 @@ use crate::handoff::Handoff;
 use crate::job::{Job, Replies};
 use crate::outbox::Outbox;
 use crate::protocol::Codec;
+use crate::reactor::Reactor;
 use crate::stats::Load;
 
 /// How a server runs its handler.
@@ -87,6 +88,15 @@ impl Runner {
         }
     }
 
+    /// The event loop that serves the connections too, when the handler
+    /// runs on one.
+    pub(crate) fn reactor(&self) -> Option<&Arc<Reactor>> {
+        match &self.kind {
+            Kind::Pool(_) => None,
+            Kind::Loop(handoff) => Some(handoff.reactor()),
+        }
+    }
+
     /// The server starts serving (again), its connections on `network`.
     pub fn open(&self, network: &tokio::runtime::Handle) {
         match &self.kind {
@@ -121,21 +131,34 @@ impl Runner {
         }
     }
 
-    /// Handler calls running on network threads now.
+    /// Connections that cannot hear a shutdown now: those whose messages
+    /// the handler is answering on network threads, or every connection of
+    /// an event loop that has stopped turning (blocked, or no longer run).
+    /// Asked repeatedly: the loop counts as stopped when it has not turned
+    /// since the last time asked, with work waiting.
     pub fn calls_here(&self) -> usize {
         match &self.kind {
             Kind::Pool(pool) => pool.calls_here(),
-            Kind::Loop(_) => 0,
+            Kind::Loop(handoff) => {
+                let reactor = handoff.reactor();
+                if reactor.stalled() {
+                    reactor.tasks()
+                } else {
+                    0
+                }
+            }
         }
     }
 
-    /// Closes the connections whose messages the handler is answering on
-    /// network threads now, which cannot hear a shutdown; returns their
-    /// clients.
+    /// Closes the connections [`Runner::calls_here`] counts, from outside;
+    /// returns their clients, where known.
     pub fn cut_calls_here(&self) -> Vec<SocketAddr> {
         match &self.kind {
             Kind::Pool(pool) => pool.cut_calls_here(),
-            Kind::Loop(_) => Vec::new(),
+            Kind::Loop(handoff) => {
+                handoff.reactor().close();
+                Vec::new()
+            }
         }
     }
 

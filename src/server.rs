@@ -105,10 +105,25 @@ pub(crate) async fn run(
             },
         };
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            connection::serve(stream, peer, shared, session, shutdown).await;
-            drop(permit);
-        });
+        match shared.runner.as_ref().and_then(Runner::reactor).cloned() {
+            // The handler's event loop serves the connection too.
+            Some(reactor) => match stream.into_std().and_then(|s| reactor.adopt(s)) {
+                Ok(stream) => {
+                    let served = tracker.track_future(async move {
+                        connection::serve(stream, peer, shared, session, shutdown).await;
+                        drop(permit);
+                    });
+                    reactor.spawn(tokio::runtime::Handle::current(), served);
+                }
+                Err(e) => warn!("Connection from {} dropped: {e}", py_address(peer)),
+            },
+            None => {
+                tracker.spawn(async move {
+                    connection::serve(stream, peer, shared, session, shutdown).await;
+                    drop(permit);
+                });
+            }
+        }
         if matches!(mode, Mode::Once { .. }) {
             break Ok(());
         }

@@ -99,14 +99,17 @@ impl LoopHandler {
         self.handoff.fd()
     }
 
-    /// Answers every job queued, including those that arrive meanwhile (up
-    /// to a bound, so that other work on the loop gets its turn); once the
-    /// server has finished serving, calls `finished()`.
+    /// Serves what is ready: the connections' sockets and the tasks they
+    /// wake (see `reactor`), then every job they queued, answering it, and
+    /// again, up to a bound, so that other work on the loop gets its turn;
+    /// once the server has finished serving, calls `finished()`.
     fn run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
+        let reactor = this.handoff.reactor();
         this.handoff.woken();
         let mut rounds = 0;
         loop {
+            reactor.turn();
             let jobs = this.handoff.take();
             if jobs.is_empty() {
                 break;

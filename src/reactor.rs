@@ -1,0 +1,488 @@
+//! A reactor inside someone else's event loop: the connections of a
+//! `sockdemo.aio` server with a handler are served on the loop's own thread.
+//!
+//! An asyncio handler must run on its loop's thread. If the connections lived
+//! on the network threads, every request would cross between threads twice
+//! (a wake-up of the loop, then a wake-up of the network), and on a small
+//! machine those wake-ups cost more than the request. So an aio server's
+//! connections are served where their handler runs, as uvloop serves its
+//! own, by the same connection code the network threads run.
+//!
+//! The loop watches one descriptor, [`Reactor::fd`]: an epoll instance of our
+//! own that holds every connection's socket (edge-triggered, registered once)
+//! and a bell. It is readable when a socket is ready or the bell has rung.
+//! The loop then calls [`Reactor::turn`], which collects the ready sockets
+//! without waiting and runs the tasks they wake, each to its next wait.
+//!
+//! A task woken from another thread (a timer, a shutdown, a slot freed)
+//! is queued and rings the bell, once until the next turn. A task woken
+//! during a turn is run in that turn: no bell, no system call.
+//!
+//! Timers are tokio's: each task runs inside the server's runtime, whose
+//! timer thread wakes it like any other thread would.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use async_task::{Runnable, Task};
+use mio::{Events, Interest, Token};
+use slab::Slab;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::runtime::Handle;
+
+use crate::socket::Socket;
+
+/// The bell's place among the sockets' tokens (which are slab keys).
+const BELL: Token = Token(usize::MAX);
+/// Ready sockets collected per system call.
+const EVENTS: usize = 256;
+/// Tasks one turn runs before it lets the loop do its other work (the rest
+/// ring the bell, so the loop comes straight back).
+const TURN_BUDGET: usize = 1024;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change under these locks is a push, a pop or a slab update.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Sockets and tasks served on an event loop's thread.
+pub struct Reactor {
+    poll: Mutex<(mio::Poll, Events)>,
+    registry: mio::Registry,
+    bell: mio::Waker,
+    /// The bell has rung since the last turn began: ringing again adds nothing.
+    rung: AtomicBool,
+    /// Readiness per registered socket, by token.
+    sources: Mutex<Slab<Arc<Source>>>,
+    /// Tasks woken and not yet run, in order.
+    queue: Mutex<VecDeque<Runnable>>,
+    /// Every task not yet finished, to be cancelled when the server closes.
+    tasks: Mutex<Slab<Task<()>>>,
+    /// Turns begun, and the count when [`Reactor::stalled`] last looked.
+    turns: AtomicU64,
+    seen_turns: AtomicU64,
+    /// Closed: tasks are dropped, not run. A turn runs tasks under the read
+    /// lock, so [`Reactor::close`] returns only once none is running.
+    closed: RwLock<bool>,
+}
+
+impl std::fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor").field("fd", &self.fd()).finish()
+    }
+}
+
+thread_local! {
+    /// The reactor this thread is turning, if any: a task it wakes is run
+    /// in the same turn, with no bell.
+    static TURNING: std::cell::Cell<*const Reactor> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+impl Reactor {
+    /// A reactor with no sockets and no tasks.
+    ///
+    /// # Errors
+    ///
+    /// When the epoll instance or the bell cannot be made (out of
+    /// descriptors, say).
+    pub fn new() -> io::Result<Arc<Self>> {
+        let poll = mio::Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let bell = mio::Waker::new(&registry, BELL)?;
+        Ok(Arc::new(Reactor {
+            poll: Mutex::new((poll, Events::with_capacity(EVENTS))),
+            registry,
+            bell,
+            rung: AtomicBool::new(false),
+            sources: Mutex::default(),
+            queue: Mutex::default(),
+            tasks: Mutex::default(),
+            turns: AtomicU64::new(0),
+            seen_turns: AtomicU64::new(0),
+            closed: RwLock::new(false),
+        }))
+    }
+
+    /// The descriptor the loop watches for reading; when it is readable,
+    /// the loop calls [`Reactor::turn`].
+    pub fn fd(&self) -> RawFd {
+        lock(&self.poll).0.as_raw_fd()
+    }
+
+    /// Wakes the loop, unless it has been woken since its last turn began,
+    /// or the caller is the loop inside a turn (it looks again before it
+    /// waits).
+    pub fn ring(&self) {
+        if self.is_turning() {
+            return;
+        }
+        if !self.rung.swap(true, Ordering::AcqRel) {
+            // The bell's counter cannot overflow in practice, and a failure
+            // would only mean it is already readable.
+            let _ = self.bell.wake();
+        }
+    }
+
+    /// Is the calling thread inside this reactor's turn?
+    fn is_turning(&self) -> bool {
+        TURNING.with(|turning| std::ptr::eq(turning.get(), self))
+    }
+
+    /// Runs `future` on the loop's thread, inside `runtime` (for its timers).
+    pub(crate) fn spawn<F>(self: &Arc<Self>, runtime: Handle, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut tasks = lock(&self.tasks);
+        let entry = tasks.vacant_entry();
+        let id = entry.key();
+        let reactor = Arc::downgrade(self);
+        let mut future = Box::pin(future);
+        let done = reactor.clone();
+        let task = async move {
+            poll_fn(|cx| {
+                let _entered = runtime.enter();
+                future.as_mut().poll(cx)
+            })
+            .await;
+            // Finished: forget the handle (detached, it cancels nothing).
+            if let Some(reactor) = done.upgrade()
+                && let Some(task) = lock(&reactor.tasks).try_remove(id)
+            {
+                task.detach();
+            }
+        };
+        let (runnable, task) =
+            async_task::spawn(task, move |runnable| schedule(&reactor, runnable));
+        entry.insert(task);
+        drop(tasks);
+        runnable.schedule();
+    }
+
+    fn schedule(&self, runnable: Runnable) {
+        lock(&self.queue).push_back(runnable);
+        self.ring();
+    }
+
+    /// Collects the sockets that are ready, without waiting, and runs every
+    /// task woken, each to its next wait; returns whether anything ran. Call
+    /// it on the loop's thread whenever [`Reactor::fd`] is readable, and
+    /// again while it returns `true`.
+    pub fn turn(&self) -> bool {
+        self.rung.store(false, Ordering::Release);
+        self.turns.fetch_add(1, Ordering::Relaxed);
+        self.collect();
+        let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
+        let previous = TURNING.with(|turning| turning.replace(self));
+        let mut ran = 0;
+        while let Some(runnable) = lock(&self.queue).pop_front() {
+            if *closed {
+                drop(runnable);
+                continue;
+            }
+            runnable.run();
+            ran += 1;
+            if ran == TURN_BUDGET {
+                break;
+            }
+        }
+        TURNING.with(|turning| turning.set(previous));
+        if ran == TURN_BUDGET && !lock(&self.queue).is_empty() {
+            self.ring();
+        }
+        ran > 0
+    }
+
+    /// Takes the readiness epoll has for us and wakes the tasks waiting on it.
+    fn collect(&self) {
+        let mut poll = lock(&self.poll);
+        let (poll, events) = &mut *poll;
+        // Interrupted or failed, it collects nothing this time; the
+        // descriptor stays readable and the loop comes back.
+        if poll.poll(events, Some(Duration::ZERO)).is_err() {
+            return;
+        }
+        if events.is_empty() {
+            return;
+        }
+        let sources = lock(&self.sources);
+        let ready: Vec<(Arc<Source>, u8)> = events
+            .iter()
+            .filter(|event| event.token() != BELL)
+            .filter_map(|event| {
+                let source = sources.get(event.token().0)?;
+                let mut bits = 0;
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    bits |= READABLE;
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    bits |= WRITABLE;
+                }
+                Some((source.clone(), bits))
+            })
+            .collect();
+        drop(sources);
+        for (source, bits) in ready {
+            source.set(bits);
+        }
+    }
+
+    /// Has the loop stopped turning? True when a woken task waits and no
+    /// turn has begun since the last time this was asked.
+    pub fn stalled(&self) -> bool {
+        let turns = self.turns.load(Ordering::Relaxed);
+        let seen = self.seen_turns.swap(turns, Ordering::Relaxed);
+        turns == seen && !lock(&self.queue).is_empty()
+    }
+
+    /// Tasks not yet finished.
+    pub fn tasks(&self) -> usize {
+        lock(&self.tasks).len()
+    }
+
+    /// Cancels every task, dropping its future (and so closing its
+    /// connection); from now on tasks are dropped, not run. Waits for a turn
+    /// running tasks to finish them first.
+    pub fn close(&self) {
+        *self.closed.write().unwrap_or_else(PoisonError::into_inner) = true;
+        // Dropping a handle schedules its task once more, to be dropped.
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        drop(tasks);
+        let queued = std::mem::take(&mut *lock(&self.queue));
+        drop(queued);
+    }
+
+    /// Runs tasks again after [`Reactor::close`].
+    pub fn reopen(&self) {
+        *self.closed.write().unwrap_or_else(PoisonError::into_inner) = false;
+    }
+
+    /// Registers `stream` (connected) with this reactor.
+    ///
+    /// # Errors
+    ///
+    /// When epoll refuses it (out of memory, say).
+    pub(crate) fn adopt(self: &Arc<Self>, stream: std::net::TcpStream) -> io::Result<LoopStream> {
+        stream.set_nonblocking(true)?;
+        let mut io = mio::net::TcpStream::from_std(stream);
+        let source = Arc::new(Source::default());
+        let token = lock(&self.sources).insert(source.clone());
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.registry.register(&mut io, Token(token), interest) {
+            lock(&self.sources).remove(token);
+            return Err(e);
+        }
+        Ok(LoopStream {
+            io,
+            source,
+            token,
+            reactor: self.clone(),
+        })
+    }
+}
+
+fn schedule(reactor: &Weak<Reactor>, runnable: Runnable) {
+    match reactor.upgrade() {
+        Some(reactor) => reactor.schedule(runnable),
+        // No reactor, no loop to run it: dropping it drops its future.
+        None => drop(runnable),
+    }
+}
+
+const READABLE: u8 = 1;
+const WRITABLE: u8 = 2;
+
+/// One socket's readiness, and the tasks waiting for it.
+#[derive(Debug)]
+struct Source {
+    ready: AtomicU8,
+    reader: Mutex<Option<Waker>>,
+    writer: Mutex<Option<Waker>>,
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        // Assumed ready until a system call says otherwise: the first read
+        // of a fresh connection tries at once.
+        Source {
+            ready: AtomicU8::new(READABLE | WRITABLE),
+            reader: Mutex::default(),
+            writer: Mutex::default(),
+        }
+    }
+}
+
+impl Source {
+    fn set(&self, bits: u8) {
+        self.ready.fetch_or(bits, Ordering::AcqRel);
+        if bits & READABLE != 0
+            && let Some(waker) = lock(&self.reader).take()
+        {
+            waker.wake();
+        }
+        if bits & WRITABLE != 0
+            && let Some(waker) = lock(&self.writer).take()
+        {
+            waker.wake();
+        }
+    }
+
+    fn clear(&self, bits: u8) {
+        self.ready.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    /// Ready for `bit`, or registers `cx` to be woken when it is.
+    fn poll_ready(&self, bit: u8, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ready.load(Ordering::Acquire) & bit != 0 {
+            return Poll::Ready(());
+        }
+        let slot = if bit == READABLE {
+            &self.reader
+        } else {
+            &self.writer
+        };
+        *lock(slot) = Some(cx.waker().clone());
+        // Readiness that came while the waker was stored is not lost.
+        if self.ready.load(Ordering::Acquire) & bit != 0 {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+/// A connected socket served on the loop's thread, for the connection code
+/// (see `socket`).
+pub(crate) struct LoopStream {
+    io: mio::net::TcpStream,
+    source: Arc<Source>,
+    token: usize,
+    reactor: Arc<Reactor>,
+}
+
+impl LoopStream {
+    /// Runs `op` once `bit` is ready, until it stops saying WouldBlock.
+    fn poll_io<T>(
+        &self,
+        bit: u8,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(&mio::net::TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            if self.source.poll_ready(bit, cx).is_pending() {
+                return Poll::Pending;
+            }
+            match op(&self.io) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.source.clear(bit),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl Socket for LoopStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        poll_fn(|cx| self.source.poll_ready(READABLE, cx).map(Ok))
+    }
+
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        let result = (&self.io).write(data);
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            self.source.clear(WRITABLE);
+        }
+        result
+    }
+
+    fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.io.set_nodelay(nodelay)
+    }
+}
+
+impl AsyncRead for LoopStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let unfilled = buf.initialize_unfilled();
+        let wanted = unfilled.len();
+        let read = this.poll_io(READABLE, cx, |mut io| io.read(unfilled));
+        let Poll::Ready(Ok(n)) = read else {
+            return read.map_ok(|_| ());
+        };
+        // Edge-triggered: a short read emptied the socket, and new bytes
+        // will say so. Waiting now spares a read that would say WouldBlock.
+        if n > 0 && n < wanted {
+            this.source.clear(READABLE);
+        }
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for LoopStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(WRITABLE, cx, |mut io| io.write(data))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(match self.io.shutdown(Shutdown::Write) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            result => result,
+        })
+    }
+}
+
+impl AsFd for LoopStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.io.as_fd()
+    }
+}
+
+impl Drop for LoopStream {
+    fn drop(&mut self) {
+        // Explicitly: a duplicate of the descriptor (an outbox's) would keep
+        // the registration alive after the close.
+        let _ = self.reactor.registry.deregister(&mut self.io);
+        lock(&self.reactor.sources).try_remove(self.token);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::os::fd::RawFd;
+    use std::time::Duration;
+
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+
+    /// Is `fd` readable now? (What a loop watching it would see.)
+    pub fn readable(fd: RawFd) -> bool {
+        let check = || -> std::io::Result<bool> {
+            let mut poll = Poll::new()?;
+            poll.registry()
+                .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)?;
+            let mut events = Events::with_capacity(1);
+            poll.poll(&mut events, Some(Duration::ZERO))?;
+            Ok(!events.is_empty())
+        };
+        check().unwrap_or(false)
+    }
+}
