@@ -81,6 +81,8 @@ impl std::fmt::Debug for Reactor {
 }
 
 thread_local! {
+    /// Where a loop's thread reads into; as large as the largest read yet.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The reactor this thread is turning, if any: a task it wakes is run
     /// in the same turn, with no bell.
     static TURNING: std::cell::Cell<*const Reactor> = const { std::cell::Cell::new(std::ptr::null()) };
@@ -179,9 +181,10 @@ impl Reactor {
     pub fn turn(&self) -> bool {
         self.rung.store(false, Ordering::Release);
         self.turns.fetch_add(1, Ordering::Relaxed);
+        // Set first: the tasks that ready sockets wake are run in this turn.
+        let previous = TURNING.with(|turning| turning.replace(self));
         self.collect();
         let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
-        let previous = TURNING.with(|turning| turning.replace(self));
         let mut ran = 0;
         while let Some(runnable) = lock(&self.queue).pop_front() {
             if *closed {
@@ -413,9 +416,22 @@ impl AsyncRead for LoopStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let unfilled = buf.initialize_unfilled();
-        let wanted = unfilled.len();
-        let read = this.poll_io(READABLE, cx, |mut io| io.read(unfilled));
+        let wanted = buf.remaining();
+        // Read through a scratch buffer the loop's thread keeps: reading
+        // straight into `buf` would mean zeroing its free space first (it
+        // is fresh memory for every message), which costs more than copying
+        // the few bytes that come.
+        let read = SCRATCH.with_borrow_mut(|scratch| {
+            if scratch.len() < wanted {
+                scratch.resize(wanted, 0);
+            }
+            let scratch = &mut scratch[..wanted];
+            let read = this.poll_io(READABLE, cx, |mut io| io.read(scratch));
+            if let Poll::Ready(Ok(n)) = read {
+                buf.put_slice(&scratch[..n]);
+            }
+            read
+        });
         let Poll::Ready(Ok(n)) = read else {
             return read.map_ok(|_| ());
         };
@@ -424,7 +440,6 @@ impl AsyncRead for LoopStream {
         if n > 0 && n < wanted {
             this.source.clear(READABLE);
         }
-        buf.advance(n);
         Poll::Ready(Ok(()))
     }
 }
