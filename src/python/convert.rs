@@ -99,7 +99,7 @@ impl Message {
 /// for strings that carry undecodable bytes.
 pub(super) fn encode_text(text: &Bound<'_, PyString>) -> PyResult<Vec<u8>> {
     match text.to_cow() {
-        Ok(s) => Ok(s.as_bytes().to_vec()),
+        Ok(s) => Ok(s.into_owned().into_bytes()),
         Err(_) => Ok(text
             .call_method1("encode", ("utf-8", "surrogateescape"))?
             .cast::<PyBytes>()?

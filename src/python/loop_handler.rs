@@ -22,6 +22,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
@@ -167,13 +168,13 @@ impl LoopHandler {
     ) -> PyResult<Called<'py>> {
         let result = call_handler(self.handler.bind(py), self.with_peer, peer, message)?;
         if result.is_instance(self.coroutine.bind(py))? {
-            return match result.call_method1("send", (py.None(),)) {
+            return match result.call_method1(intern!(py, "send"), (py.None(),)) {
                 Ok(waiting) => Ok(Called::Suspended {
                     coroutine: result,
                     waiting,
                 }),
                 Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
-                    let value = e.value(py).getattr("value")?;
+                    let value = e.value(py).getattr(intern!(py, "value"))?;
                     reply_bytes(value).map(Called::Reply)
                 }
                 Err(e) => Err(e),
