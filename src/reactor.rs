@@ -186,7 +186,11 @@ impl Reactor {
         self.collect();
         let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
         let mut ran = 0;
-        while let Some(runnable) = lock(&self.queue).pop_front() {
+        loop {
+            // Its own statement: the lock must be let go before the task
+            // runs, since a task may wake another.
+            let next = lock(&self.queue).pop_front();
+            let Some(runnable) = next else { break };
             if *closed {
                 drop(runnable);
                 continue;
@@ -490,14 +494,188 @@ pub(crate) mod testing {
 
     /// Is `fd` readable now? (What a loop watching it would see.)
     pub fn readable(fd: RawFd) -> bool {
+        readable_within(fd, Duration::ZERO)
+    }
+
+    /// Does `fd` become readable within `limit`?
+    pub fn readable_within(fd: RawFd, limit: Duration) -> bool {
         let check = || -> std::io::Result<bool> {
             let mut poll = Poll::new()?;
             poll.registry()
                 .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)?;
             let mut events = Events::with_capacity(1);
-            poll.poll(&mut events, Some(Duration::ZERO))?;
+            poll.poll(&mut events, Some(limit))?;
             Ok(!events.is_empty())
         };
         check().unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::pending;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::thread;
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::testing::{readable, readable_within};
+    use super::*;
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+
+    #[test]
+    fn a_task_runs_on_the_turning_thread_and_a_wake_from_elsewhere_rings_once() -> TestResult {
+        let runtime = runtime()?;
+        let reactor = Reactor::new()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let ran_on = Arc::new(Mutex::new(None));
+        let record = ran_on.clone();
+        reactor.spawn(runtime.handle().clone(), async move {
+            // A dropped sender ends the wait too; either way it ran.
+            let _ = rx.await;
+            *lock(&record) = Some(thread::current().id());
+        });
+        assert_eq!(reactor.tasks(), 1);
+        // Spawned from outside a turn: the loop is told.
+        assert!(readable(reactor.fd()));
+        assert!(reactor.turn());
+        assert!(!readable(reactor.fd()), "the turn took the bell");
+        assert_eq!(*lock(&ran_on), None, "the task waits for its sender");
+        let sent = thread::spawn(move || tx.send(()).is_ok()).join();
+        assert!(matches!(sent, Ok(true)), "the task still waits for it");
+        assert!(readable(reactor.fd()), "a wake from another thread rings");
+        assert!(reactor.turn());
+        assert_eq!(*lock(&ran_on), Some(thread::current().id()));
+        assert_eq!(reactor.tasks(), 0, "a finished task is forgotten");
+        assert!(!reactor.turn(), "nothing left to run");
+        Ok(())
+    }
+
+    #[test]
+    fn a_task_woken_inside_a_turn_runs_in_that_turn_without_the_bell() -> TestResult {
+        let runtime = runtime()?;
+        let reactor = Reactor::new()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        reactor.spawn(runtime.handle().clone(), async move {
+            let _ = rx.await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        // Spawned second, run second: it wakes the first in the same turn.
+        reactor.spawn(runtime.handle().clone(), async move {
+            let _ = tx.send(());
+        });
+        assert!(reactor.turn());
+        assert!(done.load(Ordering::SeqCst));
+        assert!(
+            !readable(reactor.fd()),
+            "no bell for a wake inside the turn"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_connection_is_read_and_answered_through_the_reactor() -> TestResult {
+        let runtime = runtime()?;
+        let reactor = Reactor::new()?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let client = thread::spawn(move || -> std::io::Result<Vec<u8>> {
+            let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+            stream.write_all(b"hello")?;
+            stream.shutdown(std::net::Shutdown::Write)?;
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply)?;
+            Ok(reply)
+        });
+        let (accepted, _) = listener.accept()?;
+        let mut stream = reactor.adopt(accepted)?;
+        reactor.spawn(runtime.handle().clone(), async move {
+            let mut got = Vec::new();
+            // Until the client's end: every read waits on the reactor.
+            if stream.read_to_end(&mut got).await.is_ok() {
+                got.make_ascii_uppercase();
+                let _ = stream.write_all(&got).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        // The test is the loop: turn whenever the descriptor says so.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reactor.tasks() > 0 && Instant::now() < deadline {
+            if readable_within(reactor.fd(), Duration::from_millis(100)) {
+                reactor.turn();
+            }
+        }
+        assert_eq!(reactor.tasks(), 0, "the connection's task finished");
+        let reply = client.join().map_err(|_| "client panicked")??;
+        assert_eq!(reply, b"HELLO");
+        assert!(
+            lock(&reactor.sources).is_empty(),
+            "the socket was deregistered"
+        );
+        Ok(())
+    }
+
+    /// Sets its flag when dropped.
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn closing_drops_every_task_and_a_stopped_loop_shows_as_stalled() -> TestResult {
+        let runtime = runtime()?;
+        let reactor = Reactor::new()?;
+        let waiting = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(AtomicBool::new(false));
+        let guard = Dropped(waiting.clone());
+        reactor.spawn(runtime.handle().clone(), async move {
+            let _guard = guard;
+            pending::<()>().await;
+        });
+        reactor.turn();
+        assert!(!waiting.load(Ordering::SeqCst), "a waiting task stays");
+        let guard = Dropped(queued.clone());
+        reactor.spawn(runtime.handle().clone(), async move {
+            let _guard = guard;
+        });
+        // The first look only notes the turns so far.
+        assert!(!reactor.stalled());
+        assert!(
+            reactor.stalled(),
+            "a task waits and the loop has not turned"
+        );
+        reactor.turn();
+        assert!(queued.load(Ordering::SeqCst), "the queued task ran");
+        assert!(!reactor.stalled(), "nothing waits");
+        reactor.close();
+        assert!(
+            waiting.load(Ordering::SeqCst),
+            "closing dropped the waiting task"
+        );
+        assert_eq!(reactor.tasks(), 0);
+        // Closed, a new task is dropped, not run.
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        reactor.spawn(runtime.handle().clone(), async move {
+            flag.store(true, Ordering::SeqCst);
+        });
+        reactor.turn();
+        assert!(!ran.load(Ordering::SeqCst));
+        reactor.reopen();
+        Ok(())
     }
 }
