@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import resource
 import signal
@@ -122,6 +123,43 @@ def test_a_plain_function_runs_on_the_loop_thread(run) -> None:
 
     run(main())
     assert threads == {threading.get_ident()}
+
+
+def network_thread_switches() -> int:
+    """Times the server's network threads have gone to sleep and been woken."""
+    switches = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                if comm.read().strip() != "sockdemo-server":
+                    continue
+            with open(f"/proc/self/task/{task}/status") as status:
+                for line in status:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        switches += int(line.split()[1])
+        except FileNotFoundError:  # a thread that has just ended
+            pass
+    return switches
+
+
+def test_the_loop_serves_its_connections_itself(run) -> None:
+    """With a handler, the loop's thread reads and writes the connections
+    too: the network threads are not woken per request (they would be, at
+    least once each, were they reading and handing over)."""
+    requests = 2000
+
+    async def main() -> int:
+        async with await sockdemo.aio.start_server(upper) as server:
+            port = server.server_address[1]
+            async with await sockdemo.aio.connect("127.0.0.1", port) as client:
+                assert await client.request("warm") == "WARM"
+                before = network_thread_switches()
+                for _ in range(requests):
+                    assert await client.request("abc") == "ABC"
+                return network_thread_switches() - before
+
+    woken = run(main())
+    assert woken < requests / 10, woken
 
 
 def test_any_asyncio_streams_client_is_served(run) -> None:
