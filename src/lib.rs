@@ -14,6 +14,8 @@
 //! * [`server`]: the accept loop, the connection limit, graceful shutdown, and
 //!   the blocking [`server::Server`] handle Python drives.
 //! * `connection`: one client's session: buffers, timeouts, replies.
+//! * `socket`: what a connection needs of its socket, so that the same
+//!   session code runs on the network threads and on an event loop's.
 //! * [`proxy`]: the PROXY protocol header a load balancer puts first.
 //! * [`handler`]: what a reply handler is, for code that decides the replies.
 //! * [`runner`]: who runs the handler: the thread pool, or an event loop.
@@ -25,6 +27,8 @@
 //!   blocking one off it.
 //! * [`handoff`]: jobs for an event loop in another thread, woken once per
 //!   batch.
+//! * `reactor`: the connections of an asyncio server with a handler, served
+//!   on the event loop's own thread through one descriptor it watches.
 //! * `outbox`: where a connection's handler replies go, straight into its
 //!   socket when the handler thread can write them there.
 //! * `idle`: which connections are idle, so a full server can make room for

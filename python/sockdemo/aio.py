@@ -18,14 +18,17 @@ for asyncio's own loop and uvloop alike::
 
     asyncio.run(main())
 
-The server's network work runs on Rust threads; the loop runs only the
-handler. Every message that arrives while the loop is busy waits in one queue,
-and the loop is woken once for all of them (through a descriptor it watches,
-like any socket). A coroutine handler is started at once: one that finishes
-without suspending is answered there and then, with no Task made; one that
-suspends finishes in a Task, many at once. Replies keep their order per
-connection, and while a connection's handler runs, that connection reads
-nothing more, so a loop that falls behind pushes back on its clients.
+With a handler, the server's connections are served on the loop's own
+thread, as uvloop serves its own: the loop watches one descriptor (an epoll
+instance holding every connection's socket), and each time it is readable,
+one call into Rust reads every ready socket, runs the handler for the whole
+messages, and writes the replies. No request crosses a thread. (The echo,
+with no handler, is served on Rust threads.) A coroutine handler is started
+at once: one that finishes without suspending is answered there and then,
+with no Task made; one that suspends finishes in a Task, many at once.
+Replies keep their order per connection, and while a connection's handler
+runs, that connection reads nothing more, so a loop that falls behind pushes
+back on its clients.
 
 The client's socket, TLS and framing are Rust too; the loop does the waiting,
 with the same system calls as asyncio's streams.
@@ -152,8 +155,9 @@ class Server:
         if self._serving_forever is not None and not self._serving_forever.done():
             self._serving_forever.set_result(None)
         if self._bridge is not None:
-            # On the loop's thread, this only asks: the drain needs the loop,
-            # and the handoff says when it is over.
+            # On the loop's thread, this only asks: the drain needs the loop
+            # (the connections are served on it), and the handoff says when
+            # it is over.
             self._core.shutdown()
         else:
             # The echo needs no loop: wait for the drain on a thread.
