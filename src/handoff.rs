@@ -3,7 +3,7 @@
 //! batch.
 //!
 //! The loop watches one descriptor ([`Handoff::fd`]), the way it watches any
-//! socket: its [`Reactor`]'s, which also serves the server's connections on
+//! socket: its reactor's, which also serves the server's connections on
 //! the loop's thread (see `reactor`). Jobs are queued there, by connections
 //! the loop is running, so they need no wake-up at all: the loop takes
 //! everything queued ([`Handoff::take`]) before it goes back to waiting.
@@ -21,7 +21,6 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, ThreadId};
 
@@ -35,8 +34,6 @@ pub struct Handoff {
     state: Mutex<State>,
     /// The loop's network, whose descriptor it watches and whose bell wakes it.
     reactor: Arc<Reactor>,
-    /// Jobs queued, readable without the lock.
-    waiting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -62,7 +59,6 @@ impl Handoff {
         Ok(Handoff {
             state: Mutex::default(),
             reactor: Reactor::new()?,
-            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -89,7 +85,6 @@ impl Handoff {
         let mut state = self.lock();
         state.queued_messages += job.len();
         state.jobs.push(job);
-        self.waiting.store(state.jobs.len(), Relaxed);
         let wake = !std::mem::replace(&mut state.signalled, true);
         drop(state);
         if wake {
@@ -123,13 +118,7 @@ impl Handoff {
             return Vec::new();
         }
         state.queued_messages = 0;
-        self.waiting.store(0, Relaxed);
         std::mem::take(&mut state.jobs)
-    }
-
-    /// Are jobs waiting to be taken? (A glance, without the lock.)
-    pub fn has_waiting(&self) -> bool {
-        self.waiting.load(Relaxed) > 0
     }
 
     /// The loop stops taking with jobs still queued (to let other work on

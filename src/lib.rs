@@ -57,7 +57,7 @@ pub mod loop_client;
 mod outbox;
 pub mod protocol;
 pub mod proxy;
-mod reactor;
+pub mod reactor;
 pub mod runner;
 pub mod server;
 mod socket;

@@ -28,6 +28,13 @@ use crate::protocol::{Codec, Decoded, Protocol};
 /// The most one read takes in.
 const READ: usize = 64 * 1024;
 
+thread_local! {
+    /// Where a loop's thread reads into, zeroed once rather than per read
+    /// (a fresh buffer for every reply cost more than the reply).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ].into_boxed_slice());
+}
+
 /// What a call is waiting for before it can go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Want {
@@ -237,10 +244,13 @@ impl LoopClient {
     ///
     /// [`Error::Io`] (a reset, say), [`Error::Tls`].
     pub fn fill(&mut self) -> Result<bool> {
-        let mut buf = [0; READ];
+        SCRATCH.with_borrow_mut(|buf| self.fill_from(buf))
+    }
+
+    fn fill_from(&mut self, buf: &mut [u8]) -> Result<bool> {
         let mut chunk = Vec::new();
         loop {
-            match self.read(&mut buf) {
+            match self.read(buf) {
                 Ok(0) => {
                     self.eof = true;
                     break;

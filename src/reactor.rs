@@ -227,11 +227,17 @@ impl Reactor {
             .filter_map(|event| {
                 let source = sources.get(event.token().0)?;
                 let mut bits = 0;
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                if event.is_readable() {
                     bits |= READABLE;
                 }
-                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                if event.is_read_closed() || event.is_error() {
+                    bits |= READ_CLOSED;
+                }
+                if event.is_writable() {
                     bits |= WRITABLE;
+                }
+                if event.is_write_closed() || event.is_error() {
+                    bits |= WRITE_CLOSED;
                 }
                 Some((source.clone(), bits))
             })
@@ -306,6 +312,20 @@ fn schedule(reactor: &Weak<Reactor>, runnable: Runnable) {
 
 const READABLE: u8 = 1;
 const WRITABLE: u8 = 2;
+/// The peer's end, or an error: never cleared, since no new edge would come
+/// to say it again (a read that returns the last bytes before the end says
+/// nothing of the end).
+const READ_CLOSED: u8 = 4;
+const WRITE_CLOSED: u8 = 8;
+
+/// What ends a wait for `bit`: the bit itself, or its direction's end.
+fn ends_wait(bit: u8) -> u8 {
+    if bit == READABLE {
+        READABLE | READ_CLOSED
+    } else {
+        WRITABLE | WRITE_CLOSED
+    }
+}
 
 /// One socket's readiness, and the tasks waiting for it.
 #[derive(Debug)]
@@ -330,12 +350,12 @@ impl Default for Source {
 impl Source {
     fn set(&self, bits: u8) {
         self.ready.fetch_or(bits, Ordering::AcqRel);
-        if bits & READABLE != 0
+        if bits & ends_wait(READABLE) != 0
             && let Some(waker) = lock(&self.reader).take()
         {
             waker.wake();
         }
-        if bits & WRITABLE != 0
+        if bits & ends_wait(WRITABLE) != 0
             && let Some(waker) = lock(&self.writer).take()
         {
             waker.wake();
@@ -348,7 +368,8 @@ impl Source {
 
     /// Ready for `bit`, or registers `cx` to be woken when it is.
     fn poll_ready(&self, bit: u8, cx: &mut Context<'_>) -> Poll<()> {
-        if self.ready.load(Ordering::Acquire) & bit != 0 {
+        let over = ends_wait(bit);
+        if self.ready.load(Ordering::Acquire) & over != 0 {
             return Poll::Ready(());
         }
         let slot = if bit == READABLE {
@@ -358,7 +379,7 @@ impl Source {
         };
         *lock(slot) = Some(cx.waker().clone());
         // Readiness that came while the waker was stored is not lost.
-        if self.ready.load(Ordering::Acquire) & bit != 0 {
+        if self.ready.load(Ordering::Acquire) & over != 0 {
             return Poll::Ready(());
         }
         Poll::Pending

@@ -153,10 +153,10 @@ impl LoopHandler {
                 break;
             }
         }
-        // As the thread pool does: with nothing else waiting, latency counts,
-        // and the loop writes the replies itself; with a backlog, the loop's
-        // time counts, and the network threads write them.
-        job.settle(!self.handoff.has_waiting());
+        // The loop writes the replies itself: the connection is served on
+        // this thread anyway (see `reactor`), and waking its task to write
+        // them would only cost a turn more.
+        job.settle(true);
     }
 
     /// Calls the handler with `message` and starts what it returns.
