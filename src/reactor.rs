@@ -18,8 +18,8 @@
 //! is queued and rings the bell, once until the next turn. A task woken
 //! during a turn is run in that turn: no bell, no system call.
 //!
-//! Timers are tokio's: each task runs inside the server's runtime, whose
-//! timer thread wakes it like any other thread would.
+//! Timers are tokio's: a turn runs inside the server's runtime, whose timer
+//! thread wakes a task like any other thread would.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -66,6 +66,8 @@ pub struct Reactor {
     queue: Mutex<VecDeque<Runnable>>,
     /// Every task not yet finished, to be cancelled when the server closes.
     tasks: Mutex<Slab<Task<()>>>,
+    /// The runtime the tasks run in (for its timers): the server's.
+    runtime: Mutex<Option<Handle>>,
     /// Turns begun, and the count when [`Reactor::stalled`] last looked.
     turns: AtomicU64,
     seen_turns: AtomicU64,
@@ -107,6 +109,7 @@ impl Reactor {
             sources: Mutex::default(),
             queue: Mutex::default(),
             tasks: Mutex::default(),
+            runtime: Mutex::default(),
             turns: AtomicU64::new(0),
             seen_turns: AtomicU64::new(0),
             closed: RwLock::new(false),
@@ -143,18 +146,14 @@ impl Reactor {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        *lock(&self.runtime) = Some(runtime);
         let mut tasks = lock(&self.tasks);
         let entry = tasks.vacant_entry();
         let id = entry.key();
         let reactor = Arc::downgrade(self);
-        let mut future = Box::pin(future);
         let done = reactor.clone();
         let task = async move {
-            poll_fn(|cx| {
-                let _entered = runtime.enter();
-                future.as_mut().poll(cx)
-            })
-            .await;
+            future.await;
             // Finished: forget the handle (detached, it cancels nothing).
             if let Some(reactor) = done.upgrade()
                 && let Some(task) = lock(&reactor.tasks).try_remove(id)
@@ -185,6 +184,9 @@ impl Reactor {
         let previous = TURNING.with(|turning| turning.replace(self));
         self.collect();
         let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
+        // Entered once for the whole turn, not per task.
+        let runtime = lock(&self.runtime).clone();
+        let _entered = runtime.as_ref().map(Handle::enter);
         let mut ran = 0;
         loop {
             // Its own statement: the lock must be let go before the task
@@ -220,12 +222,14 @@ impl Reactor {
         if events.is_empty() {
             return;
         }
+        // Waking a task only queues it (this thread is turning), so the
+        // sources can stay locked meanwhile.
         let sources = lock(&self.sources);
-        let ready: Vec<(Arc<Source>, u8)> = events
-            .iter()
-            .filter(|event| event.token() != BELL)
-            .filter_map(|event| {
-                let source = sources.get(event.token().0)?;
+        for event in events.iter() {
+            if event.token() == BELL {
+                continue;
+            }
+            if let Some(source) = sources.get(event.token().0) {
                 let mut bits = 0;
                 if event.is_readable() {
                     bits |= READABLE;
@@ -239,12 +243,8 @@ impl Reactor {
                 if event.is_write_closed() || event.is_error() {
                     bits |= WRITE_CLOSED;
                 }
-                Some((source.clone(), bits))
-            })
-            .collect();
-        drop(sources);
-        for (source, bits) in ready {
-            source.set(bits);
+                source.set(bits);
+            }
         }
     }
 
@@ -349,7 +349,10 @@ impl Default for Source {
 
 impl Source {
     fn set(&self, bits: u8) {
-        self.ready.fetch_or(bits, Ordering::AcqRel);
+        // Only what was not ready already can have a task waiting for it
+        // (a task stores its waker only after seeing its bit clear).
+        let before = self.ready.fetch_or(bits, Ordering::AcqRel);
+        let bits = bits & !before;
         if bits & ends_wait(READABLE) != 0
             && let Some(waker) = lock(&self.reader).take()
         {

@@ -13,6 +13,7 @@ import random
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -160,6 +161,63 @@ def test_the_loop_serves_its_connections_itself(run) -> None:
 
     woken = run(main())
     assert woken < requests / 10, woken
+
+
+def test_the_limits_hold_for_connections_served_on_the_loop(run) -> None:
+    """The connection code the loop runs is the one the threads run: the
+    client limit, the idle timeout and the size limit all hold."""
+
+    async def reply(reader: asyncio.StreamReader) -> bytes:
+        (length,) = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), 10))
+        return await reader.readexactly(length)
+
+    async def main() -> None:
+        server = await sockdemo.aio.start_server(
+            upper, protocol="framed", max_clients=1, idle_timeout=0.3, max_message_size=16
+        )
+        async with server:
+            address = server.server_address
+            first = await asyncio.open_connection(*address)
+            first[1].write(frame(b"first"))
+            assert await reply(first[0]) == b"FIRST"
+            # The only slot is taken: the second client is connected (the
+            # kernel queued it) but not served until the first is gone.
+            second = await asyncio.open_connection(*address)
+            second[1].write(frame(b"second"))
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(second[0].read(100), 0.1)
+            # The first falls silent: the idle timeout closes it, which
+            # frees the slot for the second.
+            assert await asyncio.wait_for(first[0].read(100), 10) == b""
+            assert await reply(second[0]) == b"SECOND"
+            second[1].write(frame(b"x" * 40))
+            assert await reply(second[0]) == b"Error: message of 40 bytes exceeds the limit of 16 bytes"
+            assert await asyncio.wait_for(second[0].read(), 10) == b""
+            for _, writer in (first, second):
+                writer.close()
+
+    run(main())
+
+
+def test_a_client_that_sends_then_closes_is_answered_and_let_go(run) -> None:
+    """The client's end, arriving with its last message, is seen: the server
+    answers, then closes its side too."""
+
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(upper) as server:
+            for i in range(20):
+                reader, writer = await asyncio.open_connection(*server.server_address)
+                writer.write(f"last {i}".encode())
+                writer.write_eof()
+                # Everything up to the server's own end: it closes once it
+                # has read the client's.
+                reply = await asyncio.wait_for(reader.read(), 10)
+                assert reply == f"LAST {i}".encode()
+                writer.close()
+            while server.stats()["connections_active"]:
+                await asyncio.sleep(0.01)
+
+    run(main())
 
 
 def test_any_asyncio_streams_client_is_served(run) -> None:

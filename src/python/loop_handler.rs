@@ -167,7 +167,7 @@ impl LoopHandler {
         message: &[u8],
     ) -> PyResult<Called<'py>> {
         let result = call_handler(self.handler.bind(py), self.with_peer, peer, message)?;
-        if result.is_instance(self.coroutine.bind(py))? {
+        if result.get_type().is(self.coroutine.bind(py)) {
             return match result.call_method1(intern!(py, "send"), (py.None(),)) {
                 Ok(waiting) => Ok(Called::Suspended {
                     coroutine: result,
