@@ -248,6 +248,11 @@ impl Reactor {
         }
     }
 
+    /// The runtime the tasks run in, once one has been spawned.
+    pub(crate) fn runtime(&self) -> Option<Handle> {
+        lock(&self.runtime).clone()
+    }
+
     /// Has the loop stopped turning? True when a woken task waits and no
     /// turn has begun since the last time this was asked.
     pub fn stalled(&self) -> bool {

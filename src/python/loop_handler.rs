@@ -115,9 +115,11 @@ impl LoopHandler {
             if jobs.is_empty() {
                 break;
             }
-            for job in jobs {
-                this.advance(slf, job);
-            }
+            let answered: Vec<Job> = jobs
+                .into_iter()
+                .filter_map(|job| this.advance(slf, job))
+                .collect();
+            this.handoff.deliver(answered);
             rounds += 1;
             if rounds == MAX_ROUNDS {
                 this.handoff.later();
@@ -132,17 +134,20 @@ impl LoopHandler {
 }
 
 impl LoopHandler {
-    /// Answers `job`'s messages in order until it is done, or one suspends.
-    fn advance(&self, slf: &Bound<'_, Self>, mut job: Job) {
+    /// Answers `job`'s messages in order until it is done (and returns it,
+    /// to be settled), or one suspends (and a Task goes on with it).
+    fn advance(&self, slf: &Bound<'_, Self>, mut job: Job) -> Option<Job> {
         let py = slf.py();
         while let Some(message) = job.next() {
             let go_on = match self.call(py, job.peer(), message) {
                 Ok(Called::Reply(reply)) => job.answer(Ok(reply.as_deref())),
                 Ok(Called::Suspended { coroutine, waiting }) => {
-                    return self.suspend(slf, job, coroutine, true, waiting);
+                    self.suspend(slf, job, coroutine, true, waiting);
+                    return None;
                 }
                 Ok(Called::Awaitable(awaitable)) => {
-                    return self.suspend(slf, job, awaitable, false, py.None().into_bound(py));
+                    self.suspend(slf, job, awaitable, false, py.None().into_bound(py));
+                    return None;
                 }
                 Err(e) => {
                     let failed = log_failure(py, job.peer(), e);
@@ -153,10 +158,7 @@ impl LoopHandler {
                 break;
             }
         }
-        // The loop writes the replies itself: the connection is served on
-        // this thread anyway (see `reactor`), and waking its task to write
-        // them would only cost a turn more.
-        job.settle(true);
+        Some(job)
     }
 
     /// Calls the handler with `message` and starts what it returns.
@@ -267,7 +269,9 @@ impl PendingJob {
         };
         if go_on {
             let owner = self.owner.bind(py);
-            owner.get().advance(owner, job);
+            if let Some(job) = owner.get().advance(owner, job) {
+                job.settle(true);
+            }
         } else {
             job.settle(true);
         }
