@@ -174,9 +174,10 @@ impl Reactor {
     }
 
     /// Collects the sockets that are ready, without waiting, and runs every
-    /// task woken, each to its next wait; returns whether anything ran. Call
-    /// it on the loop's thread whenever [`Reactor::fd`] is readable, and
-    /// again while it returns `true`.
+    /// task woken, each to its next wait (up to a budget: the rest ring the
+    /// bell); returns whether any task ran. Call it on the loop's thread
+    /// whenever [`Reactor::fd`] is readable: readiness not yet collected
+    /// keeps it readable.
     pub fn turn(&self) -> bool {
         self.rung.store(false, Ordering::Release);
         self.turns.fetch_add(1, Ordering::Relaxed);
