@@ -212,7 +212,7 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::testing::{job, wait};
+    use crate::job::testing::{Pending, job, wait};
     use crate::protocol::Protocol;
 
     /// Would the loop wake up? (Is the descriptor it watches readable?)
@@ -299,7 +299,8 @@ mod tests {
         let handoff = Handoff::new()?;
         // The reactor learns the server's runtime from its first connection.
         handoff.reactor().spawn(network.handle().clone(), async {});
-        let answered = |n: usize| {
+        // `n` jobs answered by the loop, and what each connection should get.
+        let answered = |n: usize| -> (Vec<Job>, Vec<(Pending, Vec<u8>)>) {
             (0..n)
                 .map(|i| {
                     let message = format!("m{i}");
@@ -307,38 +308,29 @@ mod tests {
                     while job.next().is_some() {
                         job.answer(Ok(None));
                     }
-                    (job, pending, message)
+                    (job, (pending, format!("> {message}").into_bytes()))
                 })
-                .collect::<Vec<_>>()
+                .unzip()
         };
-        let few = answered(WRITE_ELSEWHERE_AT - 1);
-        let (jobs, pendings): (Vec<Job>, Vec<_>) =
-            few.into_iter().map(|(job, p, m)| (job, (p, m))).unzip();
-        handoff.deliver(jobs);
-        for (pending, message) in pendings {
+        let (few, owed) = answered(WRITE_ELSEWHERE_AT - 1);
+        handoff.deliver(few);
+        for (pending, reply) in owed {
             // Settled before `deliver` returned: nothing to wait for.
-            assert_eq!(
-                pending.take().unwritten,
-                format!("> {message}").into_bytes()
-            );
+            assert_eq!(pending.take().unwritten, reply);
         }
-        let crowd = answered(WRITE_ELSEWHERE_AT);
-        let (jobs, pendings): (Vec<Job>, Vec<_>) =
-            crowd.into_iter().map(|(job, p, m)| (job, (p, m))).unzip();
-        handoff.deliver(jobs);
-        for (pending, message) in pendings {
-            assert_eq!(wait(pending)?.out, format!("> {message}").into_bytes());
+        let (crowd, owed) = answered(WRITE_ELSEWHERE_AT);
+        handoff.deliver(crowd);
+        for (pending, reply) in owed {
+            assert_eq!(wait(pending)?.out, reply);
         }
         // A runtime gone drops the task, and with it the jobs: each is still
         // settled, its replies left for its connection to write, so none
         // waits for ever and nothing answered is lost.
         network.shutdown_timeout(std::time::Duration::from_secs(5));
-        let crowd = answered(WRITE_ELSEWHERE_AT);
-        let (jobs, pendings): (Vec<Job>, Vec<_>) =
-            crowd.into_iter().map(|(job, p, m)| (job, (p, m))).unzip();
-        handoff.deliver(jobs);
-        for (pending, message) in pendings {
-            assert_eq!(wait(pending)?.out, format!("> {message}").into_bytes());
+        let (crowd, owed) = answered(WRITE_ELSEWHERE_AT);
+        handoff.deliver(crowd);
+        for (pending, reply) in owed {
+            assert_eq!(wait(pending)?.out, reply);
         }
         Ok(())
     }

@@ -10,6 +10,10 @@
 //! `idle`); the rest wait in the kernel's backlog. Each connection task owns
 //! its semaphore permit and frees the slot when it ends, however it ends.
 //!
+//! A connection runs as a task on the network threads, or, when the handler
+//! runs on an event loop (`sockdemo.aio`), on that loop's thread (see
+//! `reactor`): the same session code either way.
+//!
 //! Shutdown happens in three visible steps: decide (cancel the token), tell
 //! (every connection `select!`s on it), wait (`TaskTracker::close` + `wait`).
 //!

@@ -15,8 +15,10 @@
 //!   which finishes it in a Task and calls [`PendingJob::resume`];
 //! * any other awaitable goes to `follow` unstarted.
 //!
-//! Replies are written from the loop's thread straight into the socket when
-//! it takes them (see `outbox`), as asyncio's own transports write.
+//! The connections themselves are served on the loop's thread too (see
+//! `reactor`): one call here reads the ready sockets, answers, and writes.
+//! Replies go straight into their sockets, from the loop's thread, or from
+//! a network thread when a round answered a crowd (see `handoff`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
