@@ -8,6 +8,7 @@ HAProxy tests (test_haproxy.py) then check the real thing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -108,7 +109,11 @@ def test_a_bad_header_closes_that_connection_only(serve, caplog, sent, logged) -
     with caplog.at_level(logging.WARNING, logger="sockdemo"):
         with socket.create_connection(server.server_address, timeout=10) as sock:
             sock.sendall(sent)
-            sock.shutdown(socket.SHUT_WR)
+            # The end tells the server a truncated header will not go on. A
+            # header it can judge from its first bytes may be refused, and the
+            # connection reset, before the end is sent.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
             assert read_until_closed(sock) == b""
         wait_until(lambda: logged in caplog.text)
     assert "refused" in caplog.text
