@@ -9,7 +9,7 @@
 //!
 //! The risk is a handler that blocks (it sleeps, or waits on a database): a
 //! network thread inside such a call serves none of its other connections.
-//! Three rules bound that risk:
+//! These rules bound that risk:
 //!
 //! * [`Lanes`]: at most a fixed number of network threads are inside a
 //!   handler call at once, one fewer than the runtime has, so at least one
@@ -24,6 +24,11 @@
 //!   sockets, with the others asleep waiting for it to finish; the watchdog
 //!   wakes one of them ([`Lanes::long_calls`]), so the network never waits
 //!   on a handler.
+//! * Tasks the thread had scheduled for itself wait for the call all the
+//!   same: tokio keeps the task woken last in a slot no other thread may
+//!   take, and a task that spent its cooperative budget on a list only its
+//!   own thread reads. The accept loop is exempt from the budget
+//!   (`server::accept`), so a stuck handler never stops the accepting.
 //! * A connection stuck in a call on its network thread cannot hear a
 //!   shutdown; after the grace period the server closes its socket from
 //!   outside ([`Lanes::cut`]) and stops waiting for it, as it does for a

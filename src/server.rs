@@ -206,12 +206,20 @@ const ROOM_CHECK: Duration = Duration::from_millis(500);
 
 /// Accepts the next connection, riding out errors that concern one
 /// connection or a passing shortage of resources.
+///
+/// Accepting is exempt from tokio's cooperative budget. A task out of budget
+/// is woken again only when its thread next looks for work, and a network
+/// thread inside a handler call that blocks (see `inline`) does not look
+/// for work until the call returns: a spent budget there would stop all
+/// accepting behind one stuck handler. Unconstrained, the accept loop
+/// yields only when the backlog is empty or every slot is taken, and is
+/// then woken by the socket, on whichever thread watches the network.
 async fn accept(
     listener: &TcpListener,
     backoff: &mut Backoff,
 ) -> io::Result<(TcpStream, SocketAddr)> {
     loop {
-        match listener.accept().await {
+        match tokio::task::unconstrained(listener.accept()).await {
             Ok(accepted) => {
                 backoff.reset();
                 return Ok(accepted);
@@ -639,6 +647,51 @@ mod tests {
         assert_eq!(b.next(), Backoff::MAX);
         b.reset();
         assert_eq!(b.next(), Backoff::FIRST);
+    }
+
+    #[test]
+    fn a_thread_that_blocks_after_a_burst_of_accepts_does_not_stop_accepting() -> io::Result<()> {
+        const CLIENTS: usize = 200;
+        // One network thread, and more clients waiting in the backlog than
+        // one cooperative budget (128 operations) would accept in a row.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let listener = bind("127.0.0.1", 0, 1024, false).map_err(io::Error::other)?;
+        let clients = (0..CLIENTS)
+            .map(|_| std::net::TcpStream::connect(listener.local_addr()?))
+            .collect::<io::Result<Vec<_>>>()?;
+        let (all_accepted, accepted) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(Some(released)));
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener)?;
+            let mut backoff = Backoff::default();
+            for n in 1..=CLIENTS {
+                let (stream, _) = accept(&listener, &mut backoff).await?;
+                // The first connection served blocks its thread, as a
+                // handler called on a network thread may.
+                let released = released.clone();
+                tokio::spawn(async move {
+                    let first = released.lock().ok().and_then(|mut r| r.take());
+                    if let Some(released) = first {
+                        let _ = released.recv();
+                    }
+                    drop(stream);
+                });
+                if n == CLIENTS {
+                    let _ = all_accepted.send(());
+                }
+            }
+            io::Result::Ok(())
+        });
+        let outcome = accepted.recv_timeout(Duration::from_secs(10));
+        let _ = release.send(());
+        runtime.shutdown_timeout(Duration::from_secs(5));
+        assert!(outcome.is_ok(), "accepting stopped behind a blocked thread");
+        drop(clients);
+        Ok(())
     }
 
     #[test]
