@@ -137,7 +137,7 @@ pub(crate) async fn serve<S: Socket>(
     // every connection lock the same mutex each time it waits for a message.
     let shutdown = shutdown.child_token();
     let registered = shared.idle.register(shutdown.clone());
-    shared.stats.connection_opened();
+    let counted = shared.stats.connection_opened();
     // Behind a load balancer, the client is who its PROXY header says.
     let peer = match &shared.config.proxy {
         None => peer,
@@ -145,7 +145,7 @@ pub(crate) async fn serve<S: Socket>(
             match client_behind_proxy(&mut stream, peer, &shared, &shutdown, policy).await {
                 Ok(client) => client,
                 Err(e) => {
-                    shared.stats.connection_closed(Err(&e));
+                    counted.closed(Err(&e));
                     warn!("Connection from {} refused: {e}", py_address(peer));
                     return;
                 }
@@ -172,9 +172,7 @@ pub(crate) async fn serve<S: Socket>(
             let result = conn.run().await;
             // Counted before the peer can see the close, so whoever sees it
             // also sees the counters that include it.
-            shared
-                .stats
-                .connection_closed(result.as_ref().map(End::reason));
+            counted.closed(result.as_ref().map(End::reason));
             conn.close().await;
             result
         }
@@ -182,7 +180,7 @@ pub(crate) async fn serve<S: Socket>(
             if shared.tls.is_some() {
                 shared.stats.tls_failed();
             }
-            shared.stats.connection_closed(Err(&e));
+            counted.closed(Err(&e));
             Err(e)
         }
     };

@@ -71,6 +71,27 @@ fn kind(error: &Error) -> &'static str {
     }
 }
 
+/// One connection as the counters see it, from [`Stats::connection_opened`].
+#[must_use = "a connection dropped at once is counted closed at once"]
+pub(crate) struct Open<'a> {
+    stats: &'a Stats,
+}
+
+impl Open<'_> {
+    /// The connection ended: `Err` with its failure, or how it ended.
+    pub fn closed(self, how: Result<Closed, &Error>) {
+        self.stats.connection_closed(how);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        // Its task was dropped: only a shutdown cutting it does that.
+        self.stats.connection_closed(Ok(Closed::Shutdown));
+    }
+}
+
 /// Live counters, shared by the accept loop and every connection.
 pub struct Stats {
     registry: Registry,
@@ -236,13 +257,16 @@ impl Stats {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    pub(crate) fn connection_opened(&self) {
+    /// A connection is being served: counted closed once, when it says how
+    /// it ended or, if it never gets to (the server dropped it as it shut
+    /// down), as closed by the shutdown.
+    pub(crate) fn connection_opened(&self) -> Open<'_> {
         self.accepted.inc();
         self.active.inc();
+        Open { stats: self }
     }
 
-    /// A connection ended: `Err` with its failure, or how it ended.
-    pub(crate) fn connection_closed(&self, how: Result<Closed, &Error>) {
+    fn connection_closed(&self, how: Result<Closed, &Error>) {
         self.active.dec();
         let reason = match how {
             Ok(reason) => reason,
@@ -290,13 +314,15 @@ mod tests {
     #[test]
     fn the_text_format_carries_every_counter() {
         let stats = Stats::new();
-        stats.connection_opened();
-        stats.connection_opened();
+        let bye = stats.connection_opened();
+        let timed_out = stats.connection_opened();
+        let cut = stats.connection_opened();
         stats.received(10);
         stats.messages_received(2);
         stats.answered(2, 40);
-        stats.connection_closed(Ok(Closed::Bye));
-        stats.connection_closed(Err(&Error::Timeout(Duration::from_secs(1))));
+        bye.closed(Ok(Closed::Bye));
+        timed_out.closed(Err(&Error::Timeout(Duration::from_secs(1))));
+        drop(cut);
         stats.handled(Duration::from_millis(3));
         let text = stats.render(Load {
             queued: 4,
@@ -304,9 +330,11 @@ mod tests {
             busy: 1,
         });
         for line in [
-            "sockdemo_connections_accepted_total 2",
+            "sockdemo_connections_accepted_total 3",
             "sockdemo_connections_active 0",
             "sockdemo_connections_closed_total{reason=\"bye\"} 1",
+            // A connection dropped unclosed was cut by a shutdown.
+            "sockdemo_connections_closed_total{reason=\"shutdown\"} 1",
             "sockdemo_connections_closed_total{reason=\"error\"} 1",
             "sockdemo_errors_total{kind=\"timeout\"} 1",
             "sockdemo_messages_received_total 2",
