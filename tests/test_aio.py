@@ -25,7 +25,7 @@ import pytest
 
 import sockdemo
 import sockdemo.aio
-from conftest import Script, frame, read_frame, recv_exactly
+from conftest import Script, frame, read_frame, read_until_closed, recv_exactly
 
 try:
     import uvloop
@@ -433,6 +433,35 @@ def test_close_cancels_suspended_handlers_after_the_grace_period(run) -> None:
     elapsed = run(main())
     assert sorted(cancelled) == ["held 0", "held 1", "held 2"]
     assert 0.25 < elapsed < 5, elapsed
+
+
+def test_a_loop_that_stops_turning_does_not_hold_up_the_shutdown(run) -> None:
+    async def main() -> None:
+        server = await sockdemo.aio.start_server(upper, shutdown_timeout=0.3)
+        loop = asyncio.get_running_loop()
+        sock = socket.create_connection(server.server_address, timeout=10)
+        sock.setblocking(False)
+        await loop.sock_sendall(sock, b"still here")
+        assert await loop.sock_recv(sock, 100) == b"STILL HERE"
+        sock.setblocking(True)
+        cut = threading.Event()
+
+        def watch() -> None:
+            if read_until_closed(sock) == b"":
+                cut.set()
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        server.close()
+        # Synchronous code holds the loop, which can no longer serve the
+        # connections on it: past the grace period the server cuts them.
+        assert cut.wait(10), "the shutdown waited for a loop that did not turn"
+        watcher.join()
+        sock.close()
+        await server.wait_closed()
+        assert server.stats()["connections_active"] == 0
+
+    run(main())
 
 
 def test_serve_forever_returns_once_closed(run) -> None:
