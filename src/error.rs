@@ -2,7 +2,7 @@
 //!
 //! Every fallible public function returns [`Error`]. Its variants are chosen so
 //! that each maps onto an exception a Python socket user already catches
-//! (see `python.rs`): I/O failures keep their `errno`, bad arguments are
+//! (see `python/`): I/O failures keep their `errno`, bad arguments are
 //! `ValueError`s, TLS failures are `ssl.SSLError`s. Messages are lowercase and
 //! say what happened, never how the crate is built.
 

@@ -1,22 +1,13 @@
-//! The wire protocols, written once and used by the server, the client and the
-//! load generator.
+//! The wire protocols, written once and used by the server, the clients and
+//! the load generator.
 //!
 //! This module does no I/O ("sans-IO"): it looks at bytes that someone else
 //! read and says where the next whole message is, and it appends replies to a
-//! buffer that someone else will write. Keeping it free of sockets is what lets
-//! one codec serve blocking and async code alike, and lets property tests feed
-//! it arbitrary bytes.
-//!
-//! Two protocols exist (see `PROTOCOL.md` for the bytes on the wire):
-//!
-//! * [`Protocol::Raw`], the original example's: whatever one read of up to
-//!   `buffer_size` (1024) bytes returns is one message. The reply is the prefix
-//!   followed by the message bytes, unchanged.
-//! * [`Protocol::Framed`]: a 4-byte big-endian length, then that many bytes.
-//!   Replies are framed the same way.
-//!
-//! In both, a message equal to `bye` (ignoring ASCII case and surrounding
-//! whitespace) is answered with [`BYE_REPLY`] and ends the session.
+//! buffer that someone else will write, so one codec serves blocking and async
+//! code alike, and property tests can feed it arbitrary bytes. Two protocols
+//! exist, [`Protocol::Raw`] and [`Protocol::Framed`] (see `PROTOCOL.md` for
+//! the bytes on the wire); in both, `bye` is answered with [`BYE_REPLY`] and
+//! ends the session.
 
 use std::fmt;
 use std::ops::Range;

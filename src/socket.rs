@@ -2,7 +2,7 @@
 //!
 //! A connection is served by the same code wherever it runs: on the network
 //! threads, over tokio's [`TcpStream`], or on an event loop's thread, over a
-//! [`LoopStream`](crate::reactor::LoopStream) (the connections of a
+//! [`LoopStream`](crate::handling::reactor::LoopStream) (the connections of a
 //! `sockdemo.aio` server with a handler). Both are byte streams for tokio's
 //! I/O traits, which TLS and the PROXY header reader need; this adds the few
 //! things the connection asks of the socket itself.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use sockdemo::Error;
-use sockdemo::client::{Client, Config as ClientConfig};
-use sockdemo::server::Config;
+use sockdemo::clients::{Client, Config as ClientConfig};
+use sockdemo::serve::Config;
 
 fn never() -> sockdemo::Result<()> {
     Ok(())

@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::*;
 use rustls::pki_types::ServerName;
 use sockdemo::Protocol;
-use sockdemo::client::{Client, Config as ClientConfig};
-use sockdemo::server::Config;
+use sockdemo::clients::{Client, Config as ClientConfig};
+use sockdemo::serve::Config;
 use sockdemo::tls;
 
 fn framed() -> Config {
@@ -172,7 +172,7 @@ fn plaintext_on_a_tls_port_is_contained() {
 /// pipelined burst are written out in several pieces.
 #[test]
 fn message_allowance_holds_across_partial_flushes() {
-    use sockdemo::server::{Mode, Server};
+    use sockdemo::serve::{Mode, Server};
     let server = Server::bind("127.0.0.1", 0, framed(), None).unwrap();
     server
         .start(Mode::Once {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use sockdemo::Protocol;
-use sockdemo::server::{Config, Handler};
+use sockdemo::handling::Handler;
+use sockdemo::serve::Config;
 
 /// Upper-cases; sleeps first on "slow"; keeps the echo for "echo".
 struct Upper {

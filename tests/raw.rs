@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::Shutdown;
 
 use common::*;
-use sockdemo::server::{Config, Mode, Server};
+use sockdemo::serve::{Config, Mode, Server};
 
 /// A message comes back behind the prefix, every byte unchanged.
 #[test]

@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 
 use super::convert::{client_tls, parse_protocol, seconds};
 use super::errors::{blocking, to_py};
-use crate::bench;
+use crate::clients::bench;
 use crate::protocol;
 use crate::tls;
 

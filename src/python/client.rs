@@ -12,16 +12,17 @@ use pyo3::types::{PyBytes, PyTuple};
 
 use super::convert::{Message, address, client_tls, parse_protocol, seconds};
 use super::errors::blocking;
-use crate::client;
+use crate::clients;
 use crate::error::Error;
 use crate::protocol;
+use crate::wait::Interrupt;
 
 /// A blocking client connected to a sockdemo server (or any server speaking
 /// its protocols). `cafile` turns TLS on; `timeout` bounds connecting and
 /// every reply (default: wait).
 #[pyclass(frozen, module = "sockdemo")]
 pub(super) struct Client {
-    inner: Mutex<Option<client::Client>>,
+    inner: Mutex<Option<clients::Client>>,
     peer: std::net::SocketAddr,
 }
 
@@ -49,7 +50,7 @@ impl Client {
         buffer_size: usize,
         max_message_size: usize,
     ) -> PyResult<Self> {
-        let config = client::Config {
+        let config = clients::Config {
             tls: client_tls(py, &host, cafile, server_hostname)?,
             protocol: parse_protocol(protocol)?,
             timeout: seconds("timeout", timeout)?,
@@ -57,7 +58,7 @@ impl Client {
             max_message_size,
         };
         let client = blocking(py, |interrupt| {
-            client::Client::connect(&host, port, config, interrupt)
+            clients::Client::connect(&host, port, config, interrupt)
         })?;
         Ok(Client {
             peer: client.peer_addr(),
@@ -132,7 +133,7 @@ impl Client {
     fn with_client<T: Send>(
         &self,
         py: Python<'_>,
-        work: impl Send + FnOnce(&mut client::Client, client::Interrupt<'_>) -> crate::Result<T>,
+        work: impl Send + FnOnce(&mut clients::Client, Interrupt<'_>) -> crate::Result<T>,
     ) -> PyResult<T> {
         blocking(py, |interrupt| {
             let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);

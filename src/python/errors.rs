@@ -13,8 +13,8 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 
-use crate::client;
 use crate::error::Error;
+use crate::wait::Interrupt;
 
 pyo3::import_exception!(sockdemo.errors, MessageTooLarge);
 pyo3::import_exception!(sockdemo.errors, ProtocolError);
@@ -108,7 +108,7 @@ pub(super) fn to_py(py: Python<'_>, err: Error, interrupted: Option<PyErr>) -> P
 /// that runs Python's signal handlers; maps its error to an exception.
 pub(super) fn blocking<T: Send>(
     py: Python<'_>,
-    work: impl Send + FnOnce(client::Interrupt<'_>) -> crate::Result<T>,
+    work: impl Send + FnOnce(Interrupt<'_>) -> crate::Result<T>,
 ) -> PyResult<T> {
     let mut raised: Option<PyErr> = None;
     let result = py.detach(|| {

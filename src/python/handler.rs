@@ -18,7 +18,8 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 
 use super::convert::{address, decode_text, encode_text};
-use crate::handler::{Detach, Handler, py_address};
+use crate::address::py_address;
+use crate::handling::handler::{Detach, Handler};
 
 /// A Python callable `str -> str | bytes | None`, or `(str, (host, port))
 /// -> ...` when it takes the peer too.

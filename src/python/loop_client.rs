@@ -13,9 +13,9 @@ use pyo3::types::{PyBytes, PyTuple};
 
 use super::convert::{Message, address, client_tls, decode_text, parse_protocol};
 use super::errors::to_py;
-use crate::client;
+use crate::clients;
+use crate::clients::loop_client::{self, Want};
 use crate::error::Error;
-use crate::loop_client::{self, Want};
 
 /// One connection to a sockdemo server, for an event loop to drive.
 #[pyclass(module = "sockdemo._sockdemo")]
@@ -42,7 +42,7 @@ impl LoopClient {
         buffer_size: usize,
         max_message_size: usize,
     ) -> PyResult<Self> {
-        let config = client::Config {
+        let config = clients::Config {
             tls: client_tls(py, host, cafile, server_hostname)?,
             protocol: parse_protocol(protocol)?,
             timeout: None,

@@ -2,23 +2,9 @@
 //! `sockdemo.aio.start_server`.
 //!
 //! `sockdemo.aio` watches [`LoopHandler::fileno`] with `loop.add_reader` and
-//! calls [`LoopHandler::run`] whenever it is readable; every job queued
-//! since the last call is answered in that one call (see `handoff`).
-//!
-//! A handler's result is used as it comes:
-//!
-//! * `str`, `bytes` or `None` is the reply, as for the threaded server;
-//! * a coroutine is started right here: one that finishes without
-//!   suspending (the common case: nothing to await, or a cache hit) is
-//!   answered at once, with no Task made for it; one that suspends is
-//!   handed, with its job, to the `follow` callable `sockdemo.aio` gave,
-//!   which finishes it in a Task and calls [`PendingJob::resume`];
-//! * any other awaitable goes to `follow` unstarted.
-//!
-//! The connections themselves are served on the loop's thread too (see
-//! `reactor`): one call here reads the ready sockets, answers, and writes.
-//! Replies go straight into their sockets, from the loop's thread, or from
-//! a network thread when a round answered a crowd (see `handoff`).
+//! calls [`LoopHandler::run`] whenever it is readable; every job queued since
+//! the last call is answered in that one call (see `handling::bridge`), and
+//! the connections themselves are served on the loop's thread too.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -33,17 +19,32 @@ use std::net::SocketAddr;
 use super::convert::{address, encode_text};
 use super::handler::{call_handler, log_failure, wants_peer};
 use crate::error::Error;
-use crate::handoff::Handoff;
-use crate::job::Job;
+use crate::handling::bridge::LoopBridge;
+use crate::handling::job::Job;
 
 /// How many batches one wake-up answers before it lets the loop run its
 /// other callbacks and tasks (the rest wake it again at once).
 const MAX_ROUNDS: usize = 16;
 
 /// Runs `handler` for a server's jobs on the event loop that calls `run`.
+///
+/// A handler's result is used as it comes:
+///
+/// * `str`, `bytes` or `None` is the reply, as for the threaded server;
+/// * a coroutine is started right here: one that finishes without
+///   suspending (the common case: nothing to await, or a cache hit) is
+///   answered at once, with no Task made for it; one that suspends is
+///   handed, with its job, to the `follow` callable `sockdemo.aio` gave,
+///   which finishes it in a Task and calls [`PendingJob::resume`];
+/// * any other awaitable goes to `follow` unstarted.
+///
+/// The connections themselves are served on the loop's thread too (see
+/// `reactor`): one call here reads the ready sockets, answers, and writes.
+/// Replies go straight into their sockets, from the loop's thread, or from
+/// a network thread when a round answered a crowd (see `bridge`).
 #[pyclass(frozen, module = "sockdemo._sockdemo")]
 pub(super) struct LoopHandler {
-    pub(super) handoff: Arc<Handoff>,
+    pub(super) bridge: Arc<LoopBridge>,
     handler: Py<PyAny>,
     /// Does the handler take the peer's address too?
     with_peer: bool,
@@ -80,11 +81,11 @@ impl LoopHandler {
         if !handler.bind(py).is_callable() {
             return Err(PyTypeError::new_err("handler must be callable"));
         }
-        let handoff = Handoff::new().map_err(|e| super::errors::to_py(py, e.into(), None))?;
+        let bridge = LoopBridge::new().map_err(|e| super::errors::to_py(py, e.into(), None))?;
         // Made on the loop's thread: a stop asked from it only asks.
-        handoff.claim();
+        bridge.claim();
         Ok(LoopHandler {
-            handoff: Arc::new(handoff),
+            bridge: Arc::new(bridge),
             with_peer: wants_peer(handler.bind(py)),
             handler,
             follow,
@@ -99,7 +100,7 @@ impl LoopHandler {
 
     /// The descriptor to watch for reading.
     fn fileno(&self) -> i32 {
-        self.handoff.fd()
+        self.bridge.fd()
     }
 
     /// Serves what is ready: the connections' sockets and the tasks they
@@ -108,12 +109,12 @@ impl LoopHandler {
     /// once the server has finished serving, calls `finished()`.
     fn run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let this = slf.get();
-        let reactor = this.handoff.reactor();
-        this.handoff.woken();
+        let reactor = this.bridge.reactor();
+        this.bridge.woken();
         let mut rounds = 0;
         loop {
             reactor.turn();
-            let jobs = this.handoff.take();
+            let jobs = this.bridge.take();
             if jobs.is_empty() {
                 break;
             }
@@ -121,14 +122,14 @@ impl LoopHandler {
                 .into_iter()
                 .filter_map(|job| this.advance(slf, job))
                 .collect();
-            this.handoff.deliver(answered);
+            this.bridge.deliver(answered);
             rounds += 1;
             if rounds == MAX_ROUNDS {
-                this.handoff.later();
+                this.bridge.later();
                 break;
             }
         }
-        if this.handoff.is_finished() {
+        if this.bridge.is_finished() {
             this.finished.call0(slf.py())?;
         }
         Ok(())

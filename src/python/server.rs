@@ -17,12 +17,12 @@ use super::convert::{address, parse_protocol, seconds};
 use super::errors::to_py;
 use super::handler::PyHandler;
 use super::loop_handler::LoopHandler;
-use crate::client::TICK;
-use crate::config::{self, Config, Mode, ProxyPolicy};
+use crate::handling::runner::RunOn;
 use crate::protocol;
-use crate::runner::Handling;
-use crate::server;
+use crate::serve::config::{self, Config, Mode, ProxyPolicy};
+use crate::serve::server;
 use crate::tls;
+use crate::wait::TICK;
 
 /// Every server started, so that interpreter exit can stop them before
 /// Python goes away beneath their threads.
@@ -285,18 +285,15 @@ fn proxy_policy(on: bool, allow: Option<Vec<String>>) -> PyResult<Option<ProxyPo
 
 /// How the server runs `handler`: on an event loop if it is a
 /// `LoopHandler` (`sockdemo.aio` makes one), else on handler threads.
-fn handling(py: Python<'_>, handler: Py<PyAny>) -> PyResult<Handling> {
+fn handling(py: Python<'_>, handler: Py<PyAny>) -> PyResult<RunOn> {
     let handler = handler.into_bound(py);
     if let Ok(on_loop) = handler.cast::<LoopHandler>() {
-        return Ok(Handling::Loop(on_loop.get().handoff.clone()));
+        return Ok(RunOn::Loop(on_loop.get().bridge.clone()));
     }
     if !handler.is_callable() {
         return Err(PyTypeError::new_err("handler must be callable"));
     }
-    Ok(Handling::Threads(Arc::new(PyHandler::new(
-        py,
-        handler.unbind(),
-    ))))
+    Ok(RunOn::Pool(Arc::new(PyHandler::new(py, handler.unbind()))))
 }
 
 /// Stops every server still running; registered with `atexit`.

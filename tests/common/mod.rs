@@ -6,7 +6,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sockdemo::server::{Config, Handler, Handling, Mode, Server};
+use sockdemo::handling::{Handler, RunOn};
+use sockdemo::serve::{Config, Mode, Server};
 
 pub const PREFIX: &[u8] = b"Server received: ";
 pub const BYE: &[u8] = b"Server acknowledging bye. Goodbye!";
@@ -38,7 +39,7 @@ pub fn start(config: Config) -> Running {
 }
 
 pub fn start_with(config: Config, handler: Option<Arc<dyn Handler>>) -> Running {
-    let server = Server::bind("127.0.0.1", 0, config, handler.map(Handling::from)).unwrap();
+    let server = Server::bind("127.0.0.1", 0, config, handler.map(RunOn::from)).unwrap();
     server.start(Mode::Forever).unwrap();
     Running(server)
 }

@@ -2,53 +2,33 @@
 //!
 //! A connection owns its socket and two buffers, both sized to need and
 //! released whenever they empty, so thousands of idle connections cost a task
-//! and a socket each, not a buffer each. Every wait is bounded:
-//!
-//! * between messages, by the idle timeout;
-//! * once a message has started, by the message timeout (a client that trickles
-//!   a frame byte by byte cannot hold a slot forever);
-//! * while writing, by the write timeout (a client that never reads its
-//!   replies cannot grow our memory, only its own socket buffer).
-//!
-//! Every whole message already received is answered before the next read, and
-//! the replies of one batch go out in one write, so a pipelining client gets
-//! its answers in order and in few system calls. Reads are sized to the data:
-//! a read that fills its buffer makes the next one larger (a burst of raw
-//! messages costs a few system calls, not one per 16 KiB), and a buffer is
-//! given back as soon as it empties.
-//!
-//! With a handler, the whole messages of a batch go to the handler's runner
-//! (threads or an event loop) as one job; the replies go to the connection's outbox, which writes them straight
-//! into the socket when it can. The connection hands over no more messages
-//! (and writes no `bye`) until that job is settled, so replies stay in order
-//! and a slow handler slows only its own clients. `bye` and the echo never
-//! wait on the handler. On shutdown a connection stops reading, waits for a
-//! handler already running for it (up to the shutdown timeout), finishes the
-//! reply it is writing (with a short grace period), and closes.
+//! and a socket each, not a buffer each. Every wait is bounded: between
+//! messages by the idle timeout, within a message by the message timeout,
+//! while writing by the write timeout. With a handler, the whole messages of
+//! a batch go to the runner as one job and the replies come back through the
+//! connection's outbox; `bye` and the echo never wait on the handler.
 
-use std::future::{Future, pending, poll_fn};
+use std::future::pending;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use log::{Level, debug, info, log, warn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, sleep, timeout, timeout_at};
+use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ProxyPolicy};
+use super::proxy;
+use super::transport::{self, Transport, until};
+use crate::address::py_address;
 use crate::error::{Error, Result};
-use crate::handler::py_address;
-use crate::idle::{Registered, Registry};
-use crate::outbox::{Delivered, Outbox};
+use crate::handling::outbox::{Delivered, Outbox};
+use crate::handling::runner::Runner;
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Reply, is_bye};
-use crate::proxy;
-use crate::runner::Runner;
+use crate::serve::config::Config;
+use crate::serve::eviction::{Registered, Registry};
 use crate::socket::Socket;
 use crate::stats::{Closed, Stats};
 
@@ -142,7 +122,15 @@ pub(crate) async fn serve<S: Socket>(
     let peer = match &shared.config.proxy {
         None => peer,
         Some(policy) => {
-            match client_behind_proxy(&mut stream, peer, &shared, &shutdown, policy).await {
+            match proxy::client_behind_proxy(
+                &mut stream,
+                peer,
+                shared.config.message_timeout,
+                &shutdown,
+                policy,
+            )
+            .await
+            {
                 Ok(client) => client,
                 Err(e) => {
                     counted.closed(Err(&e));
@@ -154,7 +142,9 @@ pub(crate) async fn serve<S: Socket>(
     };
     let name: Arc<str> = py_address(peer).into();
     info!("Connected by {name}");
-    let result = match open(stream, &shared, &shutdown).await {
+    let tls = shared.tls.as_ref();
+    let result = match transport::open(stream, tls, shared.config.message_timeout, &shutdown).await
+    {
         Ok(transport) => {
             let mut conn = Connection {
                 transport,
@@ -209,130 +199,21 @@ pub(crate) async fn serve<S: Socket>(
     log!(session.close_level, "Connection with {name} closed.");
 }
 
-/// Reads the PROXY header of a connection from `peer`, bounded like a
-/// message by the message timeout; returns the client it names.
-async fn client_behind_proxy<S: Socket>(
-    stream: &mut S,
-    peer: SocketAddr,
-    shared: &Shared,
-    shutdown: &CancellationToken,
-    policy: &ProxyPolicy,
-) -> Result<SocketAddr> {
-    let limit = shared.config.message_timeout;
-    let header = until(
-        limit.map(|t| Instant::now() + t),
-        proxy::read_header(stream, peer, policy),
-    );
-    tokio::select! {
-        result = header => result.unwrap_or(Err(Error::Timeout(limit.unwrap_or_default()))),
-        _ = shutdown.cancelled() => Err(Error::Io(io::ErrorKind::Interrupted.into())),
-    }
-}
-
-/// Turns an accepted socket into a transport, doing the TLS handshake if the
-/// server has a certificate. The handshake is bounded by the message timeout.
-async fn open<S: Socket>(
-    stream: S,
-    shared: &Shared,
-    shutdown: &CancellationToken,
-) -> Result<Transport<S>> {
-    // Replies are written whole; waiting for more data to coalesce only adds latency.
-    let _ = stream.set_nodelay(true);
-    let Some(acceptor) = &shared.tls else {
-        return Ok(Transport::Plain(stream));
-    };
-    let limit = shared.config.message_timeout;
-    // Boxed: a handshake in progress is large, and only TLS connections need it.
-    let handshake = until(
-        limit.map(|t| Instant::now() + t),
-        Box::pin(acceptor.accept(stream)),
-    );
-    tokio::select! {
-        result = handshake => match result {
-            Some(Ok(tls)) => Ok(Transport::Tls(Box::new(tls))),
-            Some(Err(e)) => Err(Error::from_io(e)),
-            None => Err(Error::Timeout(limit.unwrap_or_default())),
-        },
-        _ = shutdown.cancelled() => Err(Error::Io(io::ErrorKind::Interrupted.into())),
-    }
-}
-
-/// A plain or TLS byte stream.
-enum Transport<S> {
-    Plain(S),
-    Tls(Box<tokio_rustls::server::TlsStream<S>>),
-}
-
-impl<S: Socket> Transport<S> {
-    /// Reads what is available into `buf`, reserving `want` bytes only once
-    /// data is there, so an idle plain connection holds no buffer at all.
-    async fn read_into(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
-        match self {
-            Transport::Plain(stream) => loop {
-                stream.readable().await?;
-                buf.reserve(want);
-                // One poll of tokio's own read, not a `try_read`: after a
-                // short read it marks the socket drained, which spares the
-                // next wait a `recv` that would only say EAGAIN.
-                let mut read = pin!(stream.read_buf(buf));
-                match poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
-                    Poll::Ready(result) => return result,
-                    // Readiness was stale: nothing came. Do not sit on an
-                    // empty buffer while waiting again.
-                    Poll::Pending => {
-                        if buf.is_empty() {
-                            *buf = BytesMut::new();
-                        }
-                    }
-                }
-            },
-            Transport::Tls(stream) => {
-                buf.reserve(want);
-                match stream.read_buf(buf).await {
-                    // A peer that closes without close_notify has still closed.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
-                    result => result,
-                }
-            }
-        }
-    }
-
-    /// Writes what the socket takes without waiting; returns how much.
-    /// Most replies fit the socket buffer whole, and then no timer is needed.
-    fn write_now(&mut self, data: &[u8]) -> io::Result<usize> {
-        let Transport::Plain(stream) = self else {
-            return Ok(0);
-        };
-        let mut written = 0;
-        while written < data.len() {
-            match stream.try_write(&data[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(written)
-    }
-
-    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        match self {
-            Transport::Plain(stream) => stream.write_all(data).await,
-            Transport::Tls(stream) => {
-                stream.write_all(data).await?;
-                stream.flush().await
-            }
-        }
-    }
-
-    /// Says goodbye at the transport level: FIN, or close_notify then FIN.
-    async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            Transport::Plain(stream) => stream.shutdown().await,
-            Transport::Tls(stream) => stream.shutdown().await,
-        }
-    }
-}
-
+/// Every whole message already received is answered before the next read, and
+/// the replies of one batch go out in one write, so a pipelining client gets
+/// its answers in order and in few system calls. Reads are sized to the data:
+/// a read that fills its buffer makes the next one larger (a burst of raw
+/// messages costs a few system calls, not one per 16 KiB), and a buffer is
+/// given back as soon as it empties.
+///
+/// With a handler, the whole messages of a batch go to the handler's runner
+/// (threads or an event loop) as one job; the replies go to the connection's outbox, which writes them straight
+/// into the socket when it can. The connection hands over no more messages
+/// (and writes no `bye`) until that job is settled, so replies stay in order
+/// and a slow handler slows only its own clients. `bye` and the echo never
+/// wait on the handler. On shutdown a connection stops reading, waits for a
+/// handler already running for it (up to the shutdown timeout), finishes the
+/// reply it is writing (with a short grace period), and closes.
 struct Connection<'a, S> {
     transport: Transport<S>,
     peer: Arc<str>,
@@ -793,30 +674,5 @@ impl<S: Socket> Connection<'_, S> {
             self.transport.shutdown(),
         )
         .await;
-    }
-}
-
-/// Runs `fut`, or gives up at `deadline` (`None`).
-async fn until<F: Future>(deadline: Option<Instant>, fut: F) -> Option<F::Output> {
-    match deadline {
-        Some(at) => timeout_at(at, fut).await.ok(),
-        None => Some(fut.await),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_print_like_python_tuples() {
-        assert_eq!(
-            py_address(SocketAddr::from(([127, 0, 0, 1], 5000))),
-            "('127.0.0.1', 5000)"
-        );
-        assert_eq!(
-            py_address(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 5000))),
-            "('::1', 5000, 0, 0)"
-        );
     }
 }

@@ -21,7 +21,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use rustls::ClientConnection;
 use socket2::{Domain, Protocol as IpProtocol, SockAddr, Socket, Type};
 
-use crate::client::{Config, check_raw_reply, decode_framed_reply, reply_codec};
+use super::config::Config;
+use super::replies::{check_raw_reply, decode_framed_reply, reply_codec};
 use crate::error::{Error, Result};
 use crate::protocol::{Codec, Decoded, Protocol};
 

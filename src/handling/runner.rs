@@ -1,10 +1,10 @@
 //! Who runs a server's handler: a pool of threads, or an event loop.
 //!
-//! A server built with [`Handling::Threads`] runs a [`Handler`] on its own
-//! pool of handler threads (`dispatch`); one built with [`Handling::Loop`]
-//! queues its jobs in a [`Handoff`] for an event loop that some other code
+//! A server built with [`RunOn::Pool`] runs a [`Handler`] on its own
+//! pool of handler threads (`pool`); one built with [`RunOn::Loop`]
+//! queues its jobs in a [`LoopBridge`] for an event loop that some other code
 //! runs (`sockdemo.aio` runs asyncio's). Connections and the server see one
-//! [`Runner`] either way: they submit jobs, and open and close it with the
+//! `Runner` either way: they submit jobs, and open and close it with the
 //! server.
 
 use std::net::SocketAddr;
@@ -13,27 +13,27 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::dispatch::Dispatcher;
-use crate::handler::Handler;
-use crate::handoff::Handoff;
-use crate::job::{Job, Replies};
-use crate::outbox::Outbox;
+use crate::handling::bridge::LoopBridge;
+use crate::handling::handler::Handler;
+use crate::handling::job::{Job, Replies};
+use crate::handling::outbox::Outbox;
+use crate::handling::pool::Pool;
+use crate::handling::reactor::Reactor;
 use crate::protocol::Codec;
-use crate::reactor::Reactor;
 use crate::stats::Load;
 
 /// How a server runs its handler.
 #[derive(Clone)]
-pub enum Handling {
+pub enum RunOn {
     /// On a pool of handler threads, at most `Config::handler_threads`.
-    Threads(Arc<dyn Handler>),
-    /// On an event loop that takes the jobs from this handoff.
-    Loop(Arc<Handoff>),
+    Pool(Arc<dyn Handler>),
+    /// On an event loop that takes the jobs from this bridge.
+    Loop(Arc<LoopBridge>),
 }
 
-impl From<Arc<dyn Handler>> for Handling {
+impl From<Arc<dyn Handler>> for RunOn {
     fn from(handler: Arc<dyn Handler>) -> Self {
-        Handling::Threads(handler)
+        RunOn::Pool(handler)
     }
 }
 
@@ -44,8 +44,8 @@ pub(crate) struct Runner {
 }
 
 enum Kind {
-    Pool(Dispatcher),
-    Loop(Arc<Handoff>),
+    Pool(Pool),
+    Loop(Arc<LoopBridge>),
 }
 
 impl Runner {
@@ -54,17 +54,15 @@ impl Runner {
     /// `codec`, and `prefix` makes the echo a handler asks for by answering
     /// nothing.
     pub fn new(
-        handling: Handling,
+        handling: RunOn,
         codec: Codec,
         prefix: Vec<u8>,
         max_threads: usize,
         network_threads: usize,
     ) -> Self {
         let kind = match handling {
-            Handling::Threads(handler) => {
-                Kind::Pool(Dispatcher::new(handler, max_threads, network_threads))
-            }
-            Handling::Loop(handoff) => Kind::Loop(handoff),
+            RunOn::Pool(handler) => Kind::Pool(Pool::new(handler, max_threads, network_threads)),
+            RunOn::Loop(bridge) => Kind::Loop(bridge),
         };
         Runner {
             replies: Arc::new(Replies { codec, prefix }),
@@ -84,7 +82,7 @@ impl Runner {
         let job = Job::new(peer, data, messages, self.replies.clone(), outbox);
         match &self.kind {
             Kind::Pool(pool) => pool.submit(job),
-            Kind::Loop(handoff) => handoff.submit(job),
+            Kind::Loop(bridge) => bridge.submit(job),
         }
     }
 
@@ -93,7 +91,7 @@ impl Runner {
     pub(crate) fn reactor(&self) -> Option<&Arc<Reactor>> {
         match &self.kind {
             Kind::Pool(_) => None,
-            Kind::Loop(handoff) => Some(handoff.reactor()),
+            Kind::Loop(bridge) => Some(bridge.reactor()),
         }
     }
 
@@ -101,7 +99,7 @@ impl Runner {
     pub fn open(&self, network: &tokio::runtime::Handle) {
         match &self.kind {
             Kind::Pool(pool) => pool.open(Some(network.clone())),
-            Kind::Loop(handoff) => handoff.reopen(),
+            Kind::Loop(bridge) => bridge.reopen(),
         }
     }
 
@@ -110,7 +108,7 @@ impl Runner {
     pub fn close(&self) {
         match &self.kind {
             Kind::Pool(pool) => pool.close(),
-            Kind::Loop(handoff) => handoff.finish(),
+            Kind::Loop(bridge) => bridge.finish(),
         }
     }
 
@@ -127,7 +125,7 @@ impl Runner {
     pub fn is_current_thread(&self) -> bool {
         match &self.kind {
             Kind::Pool(pool) => pool.is_current_thread(),
-            Kind::Loop(handoff) => handoff.is_current_thread(),
+            Kind::Loop(bridge) => bridge.is_current_thread(),
         }
     }
 
@@ -139,8 +137,8 @@ impl Runner {
     pub fn calls_here(&self) -> usize {
         match &self.kind {
             Kind::Pool(pool) => pool.calls_here(),
-            Kind::Loop(handoff) => {
-                let reactor = handoff.reactor();
+            Kind::Loop(bridge) => {
+                let reactor = bridge.reactor();
                 if reactor.stalled() {
                     reactor.tasks()
                 } else {
@@ -155,8 +153,8 @@ impl Runner {
     pub fn cut_calls_here(&self) -> Vec<SocketAddr> {
         match &self.kind {
             Kind::Pool(pool) => pool.cut_calls_here(),
-            Kind::Loop(handoff) => {
-                handoff.reactor().close();
+            Kind::Loop(bridge) => {
+                bridge.reactor().close();
                 Vec::new()
             }
         }
@@ -166,7 +164,7 @@ impl Runner {
     pub fn load(&self) -> Load {
         match &self.kind {
             Kind::Pool(pool) => pool.load(),
-            Kind::Loop(handoff) => handoff.load(),
+            Kind::Loop(bridge) => bridge.load(),
         }
     }
 }

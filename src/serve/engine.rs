@@ -1,50 +1,29 @@
-//! The server: a bound listener, an accept loop, a connection limit, and a
-//! graceful shutdown.
+//! The engine: serves clients from an already-bound listener until a
+//! shutdown token is cancelled, in the shape of mini-redis's `run`.
 //!
-//! `run` is the whole engine as one async function of an already-bound
-//! listener and a shutdown token, in the shape of mini-redis: binding and
-//! argument parsing live at the edge. Clients beyond `max_clients` wait, as
-//! they did with the original one-at-a-time server: queued, never refused.
-//! One of them is accepted and held while the server makes room (closing the
-//! connection idle the longest, once it has been idle long enough, see
-//! `idle`); the rest wait in the kernel's backlog. Each connection task owns
-//! its semaphore permit and frees the slot when it ends, however it ends.
-//!
-//! A connection runs as a task on the network threads, or, when the handler
-//! runs on an event loop (`sockdemo.aio`), on that loop's thread (see
-//! `reactor`): the same session code either way.
-//!
-//! Shutdown happens in three visible steps: decide (cancel the token), tell
-//! (every connection `select!`s on it), wait (`TaskTracker::close` + `wait`).
-//!
-//! [`Server`] wraps that engine in a blocking, thread-safe handle (the shape of
-//! Python's `socketserver`): it binds in its constructor, serves on a tokio
-//! runtime of its own, and can be waited on, shut down and closed from any
-//! thread.
+//! Clients beyond `max_clients` wait in the backlog, as they did with the
+//! original one-at-a-time server; one of them is held while the server makes
+//! room (see `eviction`). Each connection task owns its semaphore permit.
+//! Shutdown in three visible steps: decide (cancel the token), tell (every
+//! connection `select!`s on it), wait (`TaskTracker::close` + `wait`).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::{Level, debug, info, warn};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use crate::config::{Config, Mode};
-use crate::connection::{self, Session, Shared};
+use super::config::Mode;
+use super::connection::{self, Session, Shared};
+use crate::address::py_address;
 use crate::error::{Error, Result};
-pub use crate::handler::Handler;
-use crate::handler::py_address;
-use crate::idle::Registry;
-use crate::protocol::Codec;
-pub use crate::runner::Handling;
-use crate::runner::Runner;
-use crate::stats::Snapshot;
+use crate::handling::Runner;
 
 /// Serves clients from `listener` until `shutdown` is cancelled (or, in
 /// [`Mode::Once`], one client has been served), then waits for every
@@ -209,7 +188,7 @@ const ROOM_CHECK: Duration = Duration::from_millis(500);
 ///
 /// Accepting is exempt from tokio's cooperative budget. A task out of budget
 /// is woken again only when its thread next looks for work, and a network
-/// thread inside a handler call that blocks (see `inline`) does not look
+/// thread inside a handler call that blocks (see `handling::lanes`) does not look
 /// for work until the call returns: a spent budget there would stop all
 /// accepting behind one stuck handler. Unconstrained, the accept loop
 /// yields only when the backlog is empty or every slot is taken, and is
@@ -292,9 +271,9 @@ impl Backoff {
 }
 
 /// The network threads of a server: one per core, and at least two, since
-/// a handler call on a network thread (see `inline`) must leave one free to
+/// a handler call on a network thread (see `handling::lanes`) must leave one free to
 /// serve the network.
-fn network_threads() -> usize {
+pub(super) fn network_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
@@ -341,298 +320,10 @@ fn bind_one(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<StdL
     Ok(socket.into())
 }
 
-/// A bound server that serves on threads of its own.
-///
-/// All methods take `&self` and may be called from any thread. Dropping it
-/// stops serving without waiting; call [`Server::shutdown`] to wait.
-pub struct Server {
-    shared: Arc<Shared>,
-    local_addr: SocketAddr,
-    state: Mutex<State>,
-}
-
-struct State {
-    listener: Option<StdListener>,
-    runtime: Option<Runtime>,
-    running: Option<Running>,
-}
-
-struct Running {
-    shutdown: CancellationToken,
-    done: Arc<Completion>,
-}
-
-impl Server {
-    /// Binds `host:port` (port 0 picks a free port) and prepares to serve.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidArgument`] for an unusable configuration, [`Error::Io`]
-    /// if the address cannot be bound.
-    pub fn bind(host: &str, port: u16, config: Config, handling: Option<Handling>) -> Result<Self> {
-        if config.max_clients == 0 {
-            return Err(Error::invalid("max_clients must be at least 1"));
-        }
-        if config.max_clients > Semaphore::MAX_PERMITS {
-            return Err(Error::invalid("max_clients is too large"));
-        }
-        if config.handler_threads == 0 {
-            return Err(Error::invalid("handler_threads must be at least 1"));
-        }
-        let codec = Codec::new(config.protocol, config.buffer_size, config.max_message_size)?;
-        let listener = bind(host, port, config.backlog, config.reuse_port)?;
-        let local_addr = listener.local_addr()?;
-        let runner = handling.map(|handling| {
-            Runner::new(
-                handling,
-                codec,
-                config.reply_prefix.clone(),
-                config.handler_threads,
-                network_threads(),
-            )
-        });
-        let shared = Shared {
-            codec,
-            stats: Arc::default(),
-            idle: Registry::new(),
-            buffered: Arc::new(Semaphore::new(
-                config.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
-            )),
-            runner,
-            tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
-            message_level: if config.max_clients == 1 {
-                Level::Info
-            } else {
-                Level::Debug
-            },
-            config,
-        };
-        Ok(Server {
-            shared: Arc::new(shared),
-            local_addr,
-            state: Mutex::new(State {
-                listener: Some(listener),
-                runtime: None,
-                running: None,
-            }),
-        })
-    }
-
-    /// The address actually bound (with the real port).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The configuration the server was bound with.
-    pub fn config(&self) -> &Config {
-        &self.shared.config
-    }
-
-    /// The server's counters now, with the handler pool's load.
-    pub fn stats(&self) -> Snapshot {
-        let mut snapshot = self.shared.stats.snapshot();
-        if let Some(runner) = &self.shared.runner {
-            snapshot.handler = runner.load();
-        }
-        snapshot
-    }
-
-    /// Every counter in Prometheus' text format, for a `/metrics` endpoint.
-    pub fn metrics(&self) -> String {
-        self.shared.stats.render(self.stats().handler)
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        // The lock guards plain data and no code panics while holding it;
-        // should that ever change, the data is still consistent to use.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Starts serving in the background and returns at once.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidArgument`] if already serving, `EBADF` if closed, or an
-    /// I/O error starting the runtime.
-    pub fn start(&self, mode: Mode) -> Result<()> {
-        let mut state = self.state();
-        if state.running.as_ref().is_some_and(|r| !r.done.is_done()) {
-            return Err(Error::invalid("the server is already serving"));
-        }
-        let Some(listener) = &state.listener else {
-            return Err(Error::Io(io::Error::from_raw_os_error(9))); // EBADF, as a closed socket says
-        };
-        let listener = listener.try_clone()?;
-        let runtime = match state.runtime.take() {
-            Some(runtime) => runtime,
-            None => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(network_threads())
-                .thread_name("sockdemo-server")
-                .enable_all()
-                .build()?,
-        };
-        let listener = {
-            let _context = runtime.enter();
-            TcpListener::from_std(listener)
-        };
-        let runtime = state.runtime.insert(runtime);
-        let listener = listener?;
-        if let Some(runner) = &self.shared.runner {
-            runner.open(runtime.handle());
-        }
-        let shutdown = CancellationToken::new();
-        let done = Arc::new(Completion::default());
-        let task = run(listener, self.shared.clone(), mode, shutdown.clone());
-        let finished = done.clone();
-        runtime.spawn(async move { finished.complete(task.await) });
-        state.running = Some(Running { shutdown, done });
-        Ok(())
-    }
-
-    fn completion(&self) -> Option<Arc<Completion>> {
-        self.state().running.as_ref().map(|r| r.done.clone())
-    }
-
-    /// Waits up to `timeout` for serving to end. `None` means still serving;
-    /// `Some` carries how it ended (also when it was not serving at all).
-    ///
-    /// # Errors
-    ///
-    /// Inside the `Some`: the listener failure that stopped the server.
-    pub fn wait(&self, timeout: Duration) -> Option<Result<()>> {
-        match self.completion() {
-            Some(done) => done.wait(Some(timeout)),
-            None => Some(Ok(())),
-        }
-    }
-
-    /// Asks the server to stop (as [`Server::shutdown`]) without waiting;
-    /// [`Server::wait`] tells when it has.
-    pub fn stop(&self) {
-        if let Some(running) = &self.state().running {
-            running.shutdown.cancel();
-        }
-    }
-
-    /// Stops accepting, lets replies in flight go out (waiting for running
-    /// handlers up to the shutdown timeout), closes every connection, and
-    /// returns once all of that is done. Idempotent.
-    ///
-    /// Called from one of the server's own handler threads, it only asks:
-    /// waiting there would wait for the very handler that is asking, whose
-    /// reply then goes out as the server stops.
-    pub fn shutdown(&self) {
-        if self.on_handler_thread() {
-            return self.stop();
-        }
-        let running = self.state().running.take();
-        if let Some(running) = running {
-            running.shutdown.cancel();
-            running.done.wait(None);
-        }
-    }
-
-    /// Stops at once without waiting for anything, leaving handlers still
-    /// running to finish on their own: for a second Ctrl+C.
-    pub fn abandon(&self) {
-        let mut state = self.state();
-        if let Some(running) = state.running.take() {
-            running.shutdown.cancel();
-        }
-        if let Some(runtime) = state.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-
-    /// Shuts down, then releases the listening socket. Idempotent.
-    pub fn close(&self) {
-        self.shutdown();
-        let mut state = self.state();
-        state.listener = None;
-        if let Some(runtime) = state.runtime.take() {
-            runtime.shutdown_background();
-        }
-        drop(state);
-        if let Some(runner) = &self.shared.runner
-            && !self.on_handler_thread()
-        {
-            runner.close();
-            runner.join_idle();
-        }
-    }
-
-    /// Is the caller one of this server's own handler threads?
-    pub fn on_handler_thread(&self) -> bool {
-        self.shared
-            .runner
-            .as_ref()
-            .is_some_and(Runner::is_current_thread)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Some(running) = state.running.take() {
-            running.shutdown.cancel();
-        }
-        // Never block in drop: tasks still winding down are simply dropped.
-        if let Some(runtime) = state.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-/// A one-time result that any number of threads can wait for.
-#[derive(Default)]
-struct Completion {
-    result: Mutex<Option<Result<(), Arc<io::Error>>>>,
-    ready: Condvar,
-}
-
-impl Completion {
-    fn complete(&self, result: io::Result<()>) {
-        let result = result.map_err(Arc::new);
-        *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-        self.ready.notify_all();
-    }
-
-    fn is_done(&self) -> bool {
-        self.result
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-
-    /// Waits for the result, for at most `timeout` if given.
-    fn wait(&self, timeout: Option<Duration>) -> Option<Result<()>> {
-        let guard = self.result.lock().unwrap_or_else(PoisonError::into_inner);
-        let guard = match timeout {
-            Some(t) => {
-                self.ready
-                    .wait_timeout_while(guard, t, |r| r.is_none())
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0
-            }
-            None => self
-                .ready
-                .wait_while(guard, |r| r.is_none())
-                .unwrap_or_else(PoisonError::into_inner),
-        };
-        guard.as_ref().map(|result| {
-            // Every waiter gets its own copy of the listener's error.
-            result.clone().map_err(|e| {
-                Error::Io(match e.raw_os_error() {
-                    Some(code) => io::Error::from_raw_os_error(code),
-                    None => io::Error::new(e.kind(), e.to_string()),
-                })
-            })
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     #[test]

@@ -1,6 +1,6 @@
 //! How a server behaves: every limit in one place, each with a safe default.
 //!
-//! This module sits below both the accept loop (`server`) and the sessions
+//! This module sits below both the accept loop (`engine`) and the sessions
 //! (`connection`), so that neither has to import the other to know its
 //! settings.
 
@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::protocol::{DEFAULT_BUFFER_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, Protocol};
-pub use crate::proxy::ProxyPolicy;
+pub use crate::serve::proxy::ProxyPolicy;
 
 /// How a server behaves; every limit has a safe default.
 #[derive(Clone, Debug)]

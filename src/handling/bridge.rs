@@ -1,40 +1,19 @@
-//! A handoff: the jobs of a server whose handler runs on an event loop in
-//! another thread (Python's asyncio loop, for one), waking that loop once per
-//! batch.
+//! The loop bridge: the jobs of a server whose handler runs on an event loop
+//! in another thread (Python's asyncio loop, for one), waking that loop once
+//! per batch.
 //!
-//! The loop watches one descriptor ([`Handoff::fd`]), the way it watches any
-//! socket: its reactor's, which also serves the server's connections on
-//! the loop's thread (see `reactor`). Jobs are queued there, by connections
-//! the loop is running, so they need no wake-up at all: the loop takes
-//! everything queued ([`Handoff::take`]) before it goes back to waiting.
-//! A job queued from any other thread rings the reactor's bell, but only when
-//! the loop has not been told already: however many jobs arrive before the
-//! loop looks, they cost one wake-up.
-//!
-//! Back-pressure comes from the jobs themselves: a connection has one job in
-//! flight, so the queue holds at most one per connection, and a loop that
-//! falls behind makes connections stop reading.
-//!
-//! The replies go out from the loop's thread, written straight into their
-//! sockets as each round of jobs is answered ([`Handoff::deliver`]): a few
-//! cost less written there than a wake-up of another thread. A crowd is
-//! handed to a network thread instead, in one task. Writing to a local
-//! socket does the receiving side's work too (the kernel delivers the bytes
-//! and wakes the peer there and then): it is the most expensive step of a
-//! request, and with many clients at once it runs beside the loop rather
-//! than taking its time.
-//!
-//! When the server finishes, the handoff says so through the same wake-up
-//! ([`Handoff::is_finished`]), so the loop learns it without a thread of its
-//! own waiting.
+//! The loop watches one descriptor ([`LoopBridge::fd`]), its reactor's, which
+//! also serves the server's connections on the loop's thread (see
+//! `reactor`). Back-pressure comes from the jobs themselves: a connection has
+//! one job in flight, so the queue holds at most one per connection.
 
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, ThreadId};
 
-use crate::job::Job;
-use crate::reactor::Reactor;
+use crate::handling::job::Job;
+use crate::handling::reactor::Reactor;
 use crate::stats::Load;
 
 /// Replies of one round written by a network thread rather than the loop
@@ -42,8 +21,32 @@ use crate::stats::Load;
 const WRITE_ELSEWHERE_AT: usize = 32;
 
 /// Jobs waiting for an event loop, and the loop's wake-up.
+///
+/// the loop's thread (see `reactor`). Jobs are queued there, by connections
+/// the loop is running, so they need no wake-up at all: the loop takes
+/// everything queued ([`LoopBridge::take`]) before it goes back to waiting.
+/// A job queued from any other thread rings the reactor's bell, but only when
+/// the loop has not been told already: however many jobs arrive before the
+/// loop looks, they cost one wake-up.
+///
+/// Back-pressure comes from the jobs themselves: a connection has one job in
+/// flight, so the queue holds at most one per connection, and a loop that
+/// falls behind makes connections stop reading.
+///
+/// The replies go out from the loop's thread, written straight into their
+/// sockets as each round of jobs is answered ([`LoopBridge::deliver`]): a few
+/// cost less written there than a wake-up of another thread. A crowd is
+/// handed to a network thread instead, in one task. Writing to a local
+/// socket does the receiving side's work too (the kernel delivers the bytes
+/// and wakes the peer there and then): it is the most expensive step of a
+/// request, and with many clients at once it runs beside the loop rather
+/// than taking its time.
+///
+/// When the server finishes, the bridge says so through the same wake-up
+/// ([`LoopBridge::is_finished`]), so the loop learns it without a thread of its
+/// own waiting.
 #[derive(Debug)]
-pub struct Handoff {
+pub struct LoopBridge {
     state: Mutex<State>,
     /// The loop's network, whose descriptor it watches and whose bell wakes it.
     reactor: Arc<Reactor>,
@@ -62,14 +65,14 @@ struct State {
     taker: Option<ThreadId>,
 }
 
-impl Handoff {
-    /// A handoff with nothing queued.
+impl LoopBridge {
+    /// A bridge with nothing queued.
     ///
     /// # Errors
     ///
     /// When the reactor cannot be made (out of descriptors, say).
     pub fn new() -> io::Result<Self> {
-        Ok(Handoff {
+        Ok(LoopBridge {
             state: Mutex::default(),
             reactor: Reactor::new()?,
         })
@@ -87,8 +90,8 @@ impl Handoff {
 
     /// The descriptor the loop watches for reading: readable when there are
     /// jobs to take, sockets to serve, or the server has finished. When it
-    /// is, the loop calls [`Handoff::woken`], then turns the reactor and
-    /// [`Handoff::take`]s until neither has anything.
+    /// is, the loop calls [`LoopBridge::woken`], then turns the reactor and
+    /// [`LoopBridge::take`]s until neither has anything.
     pub fn fd(&self) -> RawFd {
         self.reactor.fd()
     }
@@ -110,7 +113,7 @@ impl Handoff {
     }
 
     /// The loop was woken, and is at work: jobs queued from now on need no
-    /// wake-up until a [`Handoff::take`] comes back empty.
+    /// wake-up until a [`LoopBridge::take`] comes back empty.
     pub fn woken(&self) {
         self.lock().signalled = true;
     }
@@ -178,7 +181,7 @@ impl Handoff {
         self.wake();
     }
 
-    /// The server serves again after [`Handoff::finish`].
+    /// The server serves again after [`LoopBridge::finish`].
     pub(crate) fn reopen(&self) {
         self.reactor.reopen();
         self.lock().finished = false;
@@ -190,7 +193,7 @@ impl Handoff {
     }
 
     /// The calling thread is the loop's, the one that takes the jobs (as
-    /// the first [`Handoff::take`] would tell).
+    /// the first [`LoopBridge::take`] would tell).
     pub fn claim(&self) {
         self.lock().taker = Some(thread::current().id());
     }
@@ -212,35 +215,35 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::testing::{Pending, job, wait};
+    use crate::handling::job::testing::{Pending, job, wait};
     use crate::protocol::Protocol;
 
     /// Would the loop wake up? (Is the descriptor it watches readable?)
-    fn readable(handoff: &Handoff) -> bool {
-        crate::reactor::testing::readable(handoff.fd())
+    fn readable(bridge: &LoopBridge) -> bool {
+        crate::handling::reactor::testing::readable(bridge.fd())
     }
 
     /// The loop, woken, takes what the reactor has (here, only the bell).
-    fn wake_up(handoff: &Handoff) {
-        handoff.woken();
-        handoff.reactor().turn();
+    fn wake_up(bridge: &LoopBridge) {
+        bridge.woken();
+        bridge.reactor().turn();
     }
 
     #[test]
     fn a_burst_of_jobs_is_one_wake_up() -> crate::Result<()> {
-        let handoff = Handoff::new()?;
-        assert!(!readable(&handoff));
+        let bridge = LoopBridge::new()?;
+        assert!(!readable(&bridge));
         let (first, a) = job(Protocol::Raw, &[b"a"]);
         let (second, b) = job(Protocol::Raw, &[b"b", b"c"]);
-        handoff.submit(first);
-        handoff.submit(second);
-        assert!(readable(&handoff));
-        assert_eq!(handoff.load().queued, 3);
-        wake_up(&handoff);
-        let jobs = handoff.take();
-        assert!(!readable(&handoff));
-        assert_eq!(handoff.load().queued, 0);
-        assert!(handoff.is_current_thread());
+        bridge.submit(first);
+        bridge.submit(second);
+        assert!(readable(&bridge));
+        assert_eq!(bridge.load().queued, 3);
+        wake_up(&bridge);
+        let jobs = bridge.take();
+        assert!(!readable(&bridge));
+        assert_eq!(bridge.load().queued, 0);
+        assert!(bridge.is_current_thread());
         for mut job in jobs {
             while job.next().is_some() {
                 job.answer(Ok(None));
@@ -251,42 +254,42 @@ mod tests {
         assert_eq!(wait(b)?.out, b"> b> c");
         // Jobs queued while the loop works need no wake-up: it takes again.
         let (third, _c) = job(Protocol::Raw, &[b"d"]);
-        handoff.submit(third);
-        assert!(!readable(&handoff));
-        assert_eq!(handoff.take().len(), 1);
+        bridge.submit(third);
+        assert!(!readable(&bridge));
+        assert_eq!(bridge.take().len(), 1);
         // An empty take sends the loop back to waiting: the next job wakes it.
-        assert!(handoff.take().is_empty());
+        assert!(bridge.take().is_empty());
         let (fourth, _d) = job(Protocol::Raw, &[b"e"]);
-        handoff.submit(fourth);
-        assert!(readable(&handoff));
+        bridge.submit(fourth);
+        assert!(readable(&bridge));
         Ok(())
     }
 
     #[test]
     fn a_job_after_a_take_wakes_again() -> crate::Result<()> {
-        let handoff = Handoff::new()?;
+        let bridge = LoopBridge::new()?;
         let (first, _a) = job(Protocol::Raw, &[b"a"]);
-        handoff.submit(first);
-        wake_up(&handoff);
-        assert_eq!(handoff.take().len(), 1);
-        assert!(handoff.take().is_empty());
+        bridge.submit(first);
+        wake_up(&bridge);
+        assert_eq!(bridge.take().len(), 1);
+        assert!(bridge.take().is_empty());
         let (second, _b) = job(Protocol::Raw, &[b"b"]);
-        handoff.submit(second);
-        assert!(readable(&handoff));
-        wake_up(&handoff);
-        assert!(!readable(&handoff));
+        bridge.submit(second);
+        assert!(readable(&bridge));
+        wake_up(&bridge);
+        assert!(!readable(&bridge));
         let (third, _c) = job(Protocol::Raw, &[b"c"]);
-        handoff.submit(third);
+        bridge.submit(third);
         // The loop stops short with a job queued: it must come back for it.
-        handoff.later();
-        assert!(readable(&handoff));
-        assert_eq!(handoff.take().len(), 2);
+        bridge.later();
+        assert!(readable(&bridge));
+        assert_eq!(bridge.take().len(), 2);
         // Stopping short with none queued: the next job wakes the loop.
-        wake_up(&handoff);
-        handoff.later();
+        wake_up(&bridge);
+        bridge.later();
         let (fourth, _d) = job(Protocol::Raw, &[b"d"]);
-        handoff.submit(fourth);
-        assert!(readable(&handoff));
+        bridge.submit(fourth);
+        assert!(readable(&bridge));
         Ok(())
     }
 
@@ -296,9 +299,9 @@ mod tests {
             .worker_threads(1)
             .enable_all()
             .build()?;
-        let handoff = Handoff::new()?;
+        let bridge = LoopBridge::new()?;
         // The reactor learns the server's runtime from its first connection.
-        handoff.reactor().spawn(network.handle().clone(), async {});
+        bridge.reactor().spawn(network.handle().clone(), async {});
         // `n` jobs answered by the loop, and what each connection should get.
         let answered = |n: usize| -> (Vec<Job>, Vec<(Pending, Vec<u8>)>) {
             (0..n)
@@ -313,13 +316,13 @@ mod tests {
                 .unzip()
         };
         let (few, owed) = answered(WRITE_ELSEWHERE_AT - 1);
-        handoff.deliver(few);
+        bridge.deliver(few);
         for (pending, reply) in owed {
             // Settled before `deliver` returned: nothing to wait for.
             assert_eq!(pending.take().unwritten, reply);
         }
         let (crowd, owed) = answered(WRITE_ELSEWHERE_AT);
-        handoff.deliver(crowd);
+        bridge.deliver(crowd);
         for (pending, reply) in owed {
             assert_eq!(wait(pending)?.out, reply);
         }
@@ -328,7 +331,7 @@ mod tests {
         // waits for ever and nothing answered is lost.
         network.shutdown_timeout(std::time::Duration::from_secs(5));
         let (crowd, owed) = answered(WRITE_ELSEWHERE_AT);
-        handoff.deliver(crowd);
+        bridge.deliver(crowd);
         for (pending, reply) in owed {
             assert_eq!(wait(pending)?.out, reply);
         }
@@ -337,14 +340,14 @@ mod tests {
 
     #[test]
     fn finishing_wakes_the_loop() -> crate::Result<()> {
-        let handoff = Handoff::new()?;
-        handoff.finish();
-        assert!(readable(&handoff));
-        wake_up(&handoff);
-        assert!(handoff.take().is_empty());
-        assert!(handoff.is_finished());
-        handoff.reopen();
-        assert!(!handoff.is_finished());
+        let bridge = LoopBridge::new()?;
+        bridge.finish();
+        assert!(readable(&bridge));
+        wake_up(&bridge);
+        assert!(bridge.take().is_empty());
+        assert!(bridge.is_finished());
+        bridge.reopen();
+        assert!(!bridge.is_finished());
         Ok(())
     }
 }

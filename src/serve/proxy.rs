@@ -14,14 +14,21 @@
 //! is untouched.
 
 use std::fmt;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use ppp::HeaderResult;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::transport::until;
 use crate::error::{Error, Result};
+use crate::socket::Socket;
 
 /// The longest version 1 header the specification allows.
 const V1_MAX: usize = 107;
@@ -174,6 +181,25 @@ async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Res
             "the connection ended inside its PROXY header".into(),
         )),
         Err(e) => Err(Error::from_io(e)),
+    }
+}
+
+/// Reads the PROXY header of a connection from `peer`, bounded like a
+/// message by the message timeout; returns the client it names.
+pub(crate) async fn client_behind_proxy<S: Socket>(
+    stream: &mut S,
+    peer: SocketAddr,
+    limit: Option<Duration>,
+    shutdown: &CancellationToken,
+    policy: &ProxyPolicy,
+) -> Result<SocketAddr> {
+    let header = until(
+        limit.map(|t| Instant::now() + t),
+        read_header(stream, peer, policy),
+    );
+    tokio::select! {
+        result = header => result.unwrap_or(Err(Error::Timeout(limit.unwrap_or_default()))),
+        _ = shutdown.cancelled() => Err(Error::Io(io::ErrorKind::Interrupted.into())),
     }
 }
 

@@ -2,24 +2,10 @@
 //! `sockdemo.aio` server with a handler are served on the loop's own thread.
 //!
 //! An asyncio handler must run on its loop's thread. If the connections lived
-//! on the network threads, every request would cross between threads twice
-//! (a wake-up of the loop, then a wake-up of the network), and on a small
-//! machine those wake-ups cost more than the request. So an aio server's
-//! connections are served where their handler runs, as uvloop serves its
-//! own, by the same connection code the network threads run.
-//!
-//! The loop watches one descriptor, [`Reactor::fd`]: an epoll instance of our
-//! own that holds every connection's socket (edge-triggered, registered once)
-//! and a bell. It is readable when a socket is ready or the bell has rung.
-//! The loop then calls [`Reactor::turn`], which collects the ready sockets
-//! without waiting and runs the tasks they wake, each to its next wait.
-//!
-//! A task woken from another thread (a timer, a shutdown, a slot freed)
-//! is queued and rings the bell, once until the next turn. A task woken
-//! during a turn is run in that turn: no bell, no system call.
-//!
-//! Timers are tokio's: a turn runs inside the server's runtime, whose timer
-//! thread wakes a task like any other thread would.
+//! on the network threads, every request would cross between threads twice,
+//! and on a small machine those wake-ups cost more than the request. So an
+//! aio server's connections are served where their handler runs, as uvloop
+//! serves its own, by the same connection code the network threads run.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -54,6 +40,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Sockets and tasks served on an event loop's thread.
+///
+/// The loop watches one descriptor, [`Reactor::fd`]: an epoll instance of our
+/// own that holds every connection's socket (edge-triggered, registered once)
+/// and a bell. It is readable when a socket is ready or the bell has rung.
+/// The loop then calls [`Reactor::turn`], which collects the ready sockets
+/// without waiting and runs the tasks they wake, each to its next wait.
+///
+/// A task woken from another thread (a timer, a shutdown, a slot freed)
+/// is queued and rings the bell, once until the next turn. A task woken
+/// during a turn is run in that turn: no bell, no system call.
+///
+/// Timers are tokio's: a turn runs inside the server's runtime, whose timer
+/// thread wakes a task like any other thread would.
 pub struct Reactor {
     poll: Mutex<(mio::Poll, Events)>,
     registry: mio::Registry,

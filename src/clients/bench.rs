@@ -22,12 +22,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::client::{Interrupt, TICK};
 use crate::error::{Error, Result};
 use crate::protocol::{
     Codec, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, Decoded, Protocol,
     RawCheck, RawReplies,
 };
+use crate::wait::{Interrupt, TICK};
 
 /// How long a run lasts by default.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);

@@ -16,55 +16,18 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 
+use super::config::{Config, DEFAULT_CONNECT_TIMEOUT};
+use super::replies::{check_raw_reply, decode_framed_reply, reply_codec};
 use crate::error::{Error, Result};
-use crate::protocol::{Codec, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Decoded, Protocol};
+use crate::protocol::{Codec, Decoded, Protocol};
+use crate::wait::{Interrupt, TICK};
 
-/// How often a blocked call wakes to run the interrupt check.
-pub const TICK: Duration = Duration::from_millis(100);
-/// How long connecting may take when no timeout is given.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How much larger than `max_message_size` a reply may be: room for the
-/// server's prefix around an echoed message of the largest size.
-const REPLY_ALLOWANCE: usize = 64 * 1024;
 /// The most a single raw reply read takes in.
 const RAW_READ: usize = 64 * 1024;
-
-/// How a client connects and talks.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// The wire protocol (default raw).
-    pub protocol: Protocol,
-    /// Give up on connecting or on a reply after this long (default: wait).
-    pub timeout: Option<Duration>,
-    /// The size of one raw message; longer raw messages are refused.
-    pub buffer_size: usize,
-    /// The largest framed message sent (and, plus room for the prefix, read).
-    pub max_message_size: usize,
-    /// Speak TLS with this configuration and name.
-    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            protocol: Protocol::Raw,
-            timeout: None,
-            buffer_size: DEFAULT_BUFFER_SIZE,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            tls: None,
-        }
-    }
-}
-
-/// The caller's check, run at every tick of a blocked call: return
-/// `Err(Error::Interrupted)` to abandon the call.
-pub type Interrupt<'a> = &'a mut dyn FnMut() -> Result<()>;
 
 /// A connected client.
 pub struct Client {
@@ -345,73 +308,6 @@ fn handshake(
             Err(e) if is_tick(&e) => tick(deadline, timeout, interrupt)?,
             Err(e) => return Err(Error::from_io(e)),
         }
-    }
-    Ok(())
-}
-
-/// The codec a client reads replies with: framed replies may exceed the
-/// largest message by the server's prefix.
-pub(crate) fn reply_codec(config: &Config) -> Result<Codec> {
-    Codec::new(
-        config.protocol,
-        config.buffer_size,
-        config
-            .max_message_size
-            .saturating_add(REPLY_ALLOWANCE)
-            .min(crate::protocol::MAX_FRAME_LEN),
-    )
-}
-
-/// Checks one raw reply from `peer`: a reply that is really a TLS record or
-/// a frame means the client speaks the wrong way, and says so.
-pub(crate) fn check_raw_reply(reply: &[u8], peer: SocketAddr, tls: bool) -> Result<()> {
-    refuse_tls(reply, peer, tls)?;
-    // A length that announces exactly the rest: the server frames.
-    if let Some(header) = reply.first_chunk::<4>()
-        && header[0] == 0
-        && u32::from_be_bytes(*header) as usize == reply.len() - 4
-    {
-        return Err(Error::Protocol(format!(
-            "the server at {peer} answers in frames: use the framed protocol"
-        )));
-    }
-    Ok(())
-}
-
-/// Decodes the framed reply at the start of `received` from `peer`, saying
-/// plainly when the server turns out to speak raw text or TLS.
-pub(crate) fn decode_framed_reply(
-    codec: &Codec,
-    received: &[u8],
-    peer: SocketAddr,
-    tls: bool,
-) -> Result<Decoded> {
-    refuse_tls(received, peer, tls)?;
-    codec.decode(received).map_err(|e| match e {
-        // Text where a length should be: the server does not frame.
-        Error::MessageTooLarge { .. }
-            if received[..4]
-                .iter()
-                .all(|b| b.is_ascii_graphic() || *b == b' ') =>
-        {
-            Error::Protocol(format!(
-                "the server at {peer} does not answer in frames (its reply starts {:?}): \
-                 use the raw protocol",
-                String::from_utf8_lossy(&received[..4])
-            ))
-        }
-        other => other,
-    })
-}
-
-/// A plaintext client that finds a TLS record where a reply should start
-/// is talking to a TLS server: say so, instead of handing the alert back
-/// as a reply (raw) or refusing an absurd frame length (framed).
-fn refuse_tls(reply: &[u8], peer: SocketAddr, tls: bool) -> Result<()> {
-    if !tls && crate::protocol::looks_like_tls(reply) {
-        return Err(Error::Protocol(format!(
-            "the server at {peer} speaks TLS: connect with a CA file (cafile=..., --cafile)"
-        )));
     }
     Ok(())
 }

@@ -1,38 +1,13 @@
-//! The handler dispatcher: a pool of threads that run the reply [`Handler`]
-//! for every connection, so the network threads never wait on handler code.
+//! The pool: threads that run the reply [`Handler`] for every connection, so
+//! the network threads never wait on handler code.
 //!
 //! A connection hands over a [`Job`], every whole message it has read, and
-//! the pool delivers the encoded replies to the connection's outbox (which
-//! writes them straight to the socket when it can). A connection has one job
-//! in flight at a time and hands over no more until it is settled, which
-//! gives two properties for free: replies keep their order per connection,
-//! and the queue is bounded (at most one job per connection, each no larger
-//! than one read). When the handler falls behind, connections stop reading
-//! and TCP pushes back on their clients; memory does not grow.
-//!
-//! Threads are few and long-lived, in the manner of granian's blocking pool.
-//! A thread enters the handler's context once for its whole life (for Python:
-//! attached to the interpreter) and releases it only to wait for work, so a
-//! burst of queued jobs costs one attach, not one per message. The pool starts
-//! empty and grows in two ways:
-//!
-//! * the first job starts the first thread;
-//! * a *watchdog* looks every [`WATCH_EVERY`] while jobs are coming in, and
-//!   adds a thread when jobs wait, no thread is idle, and every thread has
-//!   been inside one handler call for longer than [`STUCK_AFTER`] (a handler
-//!   that sleeps or waits on I/O). A handler that is merely busy computing gets no
-//!   extra threads: with Python's interpreter lock they would only fight over
-//!   it.
-//!
-//! Threads retire after [`RETIRE_AFTER`] without work. The pool never grows
-//! past `max_threads`; past that, jobs wait their turn.
-//!
-//! Before any of that, a job may be answered on the network thread that
-//! read it, with no hand-off at all (see `inline`): that is the fast path
-//! for handlers that return quickly. The watchdog closes it as soon as a
-//! call looks stuck, and while calls cost enough on average that a thread
-//! of their own, working beside the network threads, does better. Calls on
-//! network threads count against `max_threads` like the pool's.
+//! the pool delivers the encoded replies to the connection's outbox. A
+//! connection has one job in flight at a time, which gives two properties for
+//! free: replies keep their order per connection, and the queue is bounded.
+//! When the handler falls behind, connections stop reading and TCP pushes
+//! back on their clients; memory does not grow. Quick handlers are answered
+//! on the network thread instead (see `lanes`).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -45,9 +20,9 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use crate::error::Error;
-use crate::handler::{Detach, Handler};
-use crate::inline::{CallClock, CallCost, Claim, Lanes};
-use crate::job::Job;
+use crate::handling::handler::{Detach, Handler};
+use crate::handling::job::Job;
+use crate::handling::lanes::{CallClock, CallCost, Claim, Lanes};
 use crate::stats::Load;
 
 /// A call that has run this long counts as stuck (waiting, not computing):
@@ -76,12 +51,36 @@ const QUIET_LOOKS: u32 = 200;
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
 
 thread_local! {
-    /// Which dispatcher (its address) the current thread works for, if any.
+    /// Which pool (its address) the current thread works for, if any.
     static SERVING: Cell<usize> = const { Cell::new(0) };
 }
 
 /// The pool; cheap to share through an `Arc`.
-pub(crate) struct Dispatcher {
+///
+/// Threads are few and long-lived, in the manner of granian's blocking pool.
+/// A thread enters the handler's context once for its whole life (for Python:
+/// attached to the interpreter) and releases it only to wait for work, so a
+/// burst of queued jobs costs one attach, not one per message. The pool starts
+/// empty and grows in two ways:
+///
+/// * the first job starts the first thread;
+/// * a *watchdog* looks every [`WATCH_EVERY`] while jobs are coming in, and
+///   adds a thread when jobs wait, no thread is idle, and every thread has
+///   been inside one handler call for longer than [`STUCK_AFTER`] (a handler
+///   that sleeps or waits on I/O). A handler that is merely busy computing gets no
+///   extra threads: with Python's interpreter lock they would only fight over
+///   it.
+///
+/// Threads retire after [`RETIRE_AFTER`] without work. The pool never grows
+/// past `max_threads`; past that, jobs wait their turn.
+///
+/// Before any of that, a job may be answered on the network thread that
+/// read it, with no hand-off at all (see `handling::lanes`): that is the fast path
+/// for handlers that return quickly. The watchdog closes it as soon as a
+/// call looks stuck, and while calls cost enough on average that a thread
+/// of their own, working beside the network threads, does better. Calls on
+/// network threads count against `max_threads` like the pool's.
+pub(crate) struct Pool {
     inner: Arc<Inner>,
 }
 
@@ -93,7 +92,7 @@ struct Inner {
     lanes: Lanes,
     /// What a handler call costs, on average.
     cost: CallCost,
-    pool: Mutex<Pool>,
+    queue: Mutex<Queue>,
     /// Idle threads wait here for jobs.
     work: Condvar,
     /// The watchdog parks here when nothing comes in.
@@ -113,7 +112,7 @@ struct Inner {
 }
 
 #[derive(Default)]
-struct Pool {
+struct Queue {
     jobs: VecDeque<Job>,
     queued_messages: usize,
     /// The clock of each handler thread's call.
@@ -141,20 +140,20 @@ enum Watchdog {
     Parked,
 }
 
-impl Dispatcher {
+impl Pool {
     /// At most `max_threads` threads at once running `handler`, on a server
     /// with `network_threads` network threads: all but one of those may
     /// answer on the spot, within the `max_threads`.
     pub fn new(handler: Arc<dyn Handler>, max_threads: usize, network_threads: usize) -> Self {
         let max_threads = max_threads.max(1);
         let lanes = network_threads.saturating_sub(1).min(max_threads - 1);
-        Dispatcher {
+        Pool {
             inner: Arc::new(Inner {
                 handler,
                 max_threads: max_threads - lanes,
                 lanes: Lanes::new(lanes),
                 cost: CallCost::default(),
-                pool: Mutex::default(),
+                queue: Mutex::default(),
                 work: Condvar::new(),
                 watch: Condvar::new(),
                 left: Condvar::new(),
@@ -197,7 +196,7 @@ impl Dispatcher {
         inner.unlock(pool);
     }
 
-    /// Lets threads start again after [`Dispatcher::close`]; the jobs come
+    /// Lets threads start again after [`Pool::close`]; the jobs come
     /// from the network threads of `network`, if a runtime's.
     pub fn open(&self, network: Option<tokio::runtime::Handle>) {
         let mut pool = self.inner.lock();
@@ -214,14 +213,14 @@ impl Dispatcher {
         inner.watch.notify_all();
     }
 
-    /// Waits briefly for idle threads to leave after [`Dispatcher::close`]
+    /// Waits briefly for idle threads to leave after [`Pool::close`]
     /// (they need the handler's context, an interpreter say, to do so);
     /// threads inside a handler call are not waited for.
     pub fn join_idle(&self) {
         let inner = &self.inner;
         let mut pool = inner.lock();
         let deadline = Instant::now() + LEAVE_GRACE;
-        let in_call = |pool: &Pool| pool.threads.iter().all(|clock| clock.calling());
+        let in_call = |pool: &Queue| pool.threads.iter().all(|clock| clock.calling());
         while !in_call(&pool) {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 break;
@@ -262,7 +261,7 @@ impl Dispatcher {
     }
 }
 
-impl Drop for Dispatcher {
+impl Drop for Pool {
     fn drop(&mut self) {
         // Never wait in drop: threads leave on their own once told.
         self.close();
@@ -271,7 +270,7 @@ impl Drop for Dispatcher {
 
 impl Inner {
     /// Releases `pool`, then logs what it had to report.
-    fn unlock(&self, mut pool: MutexGuard<'_, Pool>) {
+    fn unlock(&self, mut pool: MutexGuard<'_, Queue>) {
         let unreported = pool.unreported.take();
         drop(pool);
         if let Some(text) = unreported {
@@ -279,14 +278,14 @@ impl Inner {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Pool> {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
         // No code panics while holding the lock; should one ever, the queue
         // is still consistent (every change to it is a single push or pop).
-        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Starts a handler thread (and the watchdog with the first one).
-    fn spawn(self: &Arc<Self>, pool: &mut Pool) {
+    fn spawn(self: &Arc<Self>, pool: &mut Queue) {
         if pool.closed {
             return;
         }
@@ -320,7 +319,7 @@ impl Inner {
     }
 
     /// Starts the watchdog if it is not running.
-    fn start_watchdog(self: &Arc<Self>, pool: &mut Pool) {
+    fn start_watchdog(self: &Arc<Self>, pool: &mut Queue) {
         if pool.watchdog != Watchdog::Absent {
             return;
         }
@@ -350,7 +349,7 @@ impl Inner {
 
     /// Gets a thread going for a queued job: wakes an idle one, or starts
     /// the first.
-    fn wake_one(self: &Arc<Self>, pool: &mut Pool) {
+    fn wake_one(self: &Arc<Self>, pool: &mut Queue) {
         if pool.idle > pool.waking {
             pool.waking += 1;
             self.work.notify_one();
@@ -412,7 +411,7 @@ impl Inner {
         }
     }
 
-    /// Gives `lane` up, under the lock that [`Dispatcher::submit`] queues
+    /// Gives `lane` up, under the lock that [`Pool::submit`] queues
     /// under, so that no job is queued for a lane nobody holds; tells whether
     /// jobs are left.
     fn leave(&self, lane: Claim<'_>) -> bool {
@@ -631,7 +630,7 @@ impl Inner {
 
     /// Marks the watchdog asleep unless a call on a network thread is
     /// running, which it must keep watching. Marked first, then checked,
-    /// the other way round from [`Dispatcher::submit`], so that no call
+    /// the other way round from [`Pool::submit`], so that no call
     /// goes unseen.
     fn may_park(&self) -> bool {
         self.watchdog_asleep.store(true, SeqCst);
@@ -643,7 +642,7 @@ impl Inner {
     }
 }
 
-/// Marks the current thread as one running a dispatcher's handler, for as
+/// Marks the current thread as one running a pool's handler, for as
 /// long as it lives.
 struct Serving {
     previous: usize,
@@ -678,318 +677,4 @@ impl Drop for Leave<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::job::testing::{self, Pending, wait};
-    use crate::protocol::Protocol;
-    use std::sync::atomic::AtomicUsize;
-
-    /// Upper-cases, or sleeps on "slow", or fails on "fail".
-    struct Upper {
-        calls: AtomicUsize,
-    }
-
-    impl Handler for Upper {
-        fn reply(
-            &self,
-            _peer: std::net::SocketAddr,
-            message: &[u8],
-        ) -> Result<Option<Vec<u8>>, String> {
-            self.calls.fetch_add(1, Relaxed);
-            match message {
-                b"slow" => {
-                    thread::sleep(Duration::from_millis(300));
-                    Ok(Some(b"SLOW".to_vec()))
-                }
-                b"fail" => Err("refused".into()),
-                b"echo" => Ok(None),
-                b"empty" => Ok(Some(Vec::new())),
-                other => Ok(Some(other.to_ascii_uppercase())),
-            }
-        }
-    }
-
-    /// A pool whose jobs are encoded for `protocol`.
-    struct TestPool {
-        dispatcher: Dispatcher,
-        protocol: Protocol,
-    }
-
-    impl std::ops::Deref for TestPool {
-        type Target = Dispatcher;
-        fn deref(&self) -> &Dispatcher {
-            &self.dispatcher
-        }
-    }
-
-    fn pool(protocol: Protocol, max_threads: usize) -> crate::Result<TestPool> {
-        let handler = Arc::new(Upper {
-            calls: AtomicUsize::new(0),
-        });
-        Ok(TestPool {
-            // One network thread: no lanes, every job goes to the pool.
-            dispatcher: Dispatcher::new(handler, max_threads, 1),
-            protocol,
-        })
-    }
-
-    fn job(d: &TestPool, messages: &[&[u8]]) -> Pending {
-        let (job, pending) = testing::job(d.protocol, messages);
-        d.submit(job);
-        pending
-    }
-
-    #[test]
-    fn answers_in_order_with_echo_for_none() -> crate::Result<()> {
-        let d = pool(Protocol::Raw, 4)?;
-        let answer = wait(job(&d, &[b"ab", b"echo", b"cd"]))?;
-        assert_eq!(answer.out, b"AB> echoCD");
-        assert_eq!(answer.answered, 3);
-        assert!(answer.error.is_none());
-        Ok(())
-    }
-
-    #[test]
-    fn stops_at_a_failure_keeping_earlier_replies() -> crate::Result<()> {
-        let d = pool(Protocol::Raw, 1)?;
-        let answer = wait(job(&d, &[b"ab", b"fail", b"cd"]))?;
-        assert_eq!(answer.out, b"AB");
-        assert_eq!(answer.answered, 1);
-        assert!(matches!(answer.error, Some(Error::Handler(_))));
-        Ok(())
-    }
-
-    #[test]
-    fn refuses_empty_raw_and_oversized_framed_replies() -> crate::Result<()> {
-        let raw = pool(Protocol::Raw, 1)?;
-        let answer = wait(job(&raw, &[b"empty"]))?;
-        assert!(matches!(answer.error, Some(Error::Handler(_))));
-        let framed = pool(Protocol::Framed, 1)?;
-        // The limit is 8 bytes: "abcdefghi" comes back as 9.
-        let answer = wait(job(&framed, &[b"abcdefgh", b"abcdefghi"]))?;
-        assert_eq!(answer.out, b"\0\0\0\x08ABCDEFGH");
-        assert!(matches!(
-            answer.error,
-            Some(Error::MessageTooLarge {
-                size: 9,
-                limit: 8,
-                ..
-            })
-        ));
-        Ok(())
-    }
-
-    #[test]
-    fn a_stuck_call_gets_a_second_thread() -> crate::Result<()> {
-        let d = pool(Protocol::Raw, 2)?;
-        let slow = job(&d, &[b"slow"]);
-        let started = Instant::now();
-        // Answered while the first thread sleeps, by a thread added for it.
-        let quick = wait(job(&d, &[b"quick"]))?;
-        assert_eq!(quick.out, b"QUICK");
-        assert!(started.elapsed() < Duration::from_millis(250));
-        assert_eq!(wait(slow)?.out, b"SLOW");
-        assert_eq!(d.load().threads, 2);
-        Ok(())
-    }
-
-    #[test]
-    fn one_thread_serialises_calls() -> crate::Result<()> {
-        let d = pool(Protocol::Raw, 1)?;
-        let slow = job(&d, &[b"slow"]);
-        let quick = wait(job(&d, &[b"quick"]))?;
-        assert_eq!(quick.out, b"QUICK");
-        // The only thread answered the slow job before it took the quick one.
-        assert_eq!(slow.take().unwritten, b"SLOW");
-        assert_eq!(d.load().threads, 1);
-        Ok(())
-    }
-
-    /// Spins for about a millisecond: busy, never stuck.
-    struct Busy;
-
-    impl Handler for Busy {
-        fn reply(
-            &self,
-            _peer: std::net::SocketAddr,
-            message: &[u8],
-        ) -> Result<Option<Vec<u8>>, String> {
-            let until = Instant::now() + Duration::from_millis(1);
-            while Instant::now() < until {
-                std::hint::spin_loop();
-            }
-            Ok(Some(message.to_vec()))
-        }
-    }
-
-    #[test]
-    fn a_busy_handler_does_not_grow_the_pool() -> crate::Result<()> {
-        let d = TestPool {
-            dispatcher: Dispatcher::new(Arc::new(Busy), 4, 1),
-            protocol: Protocol::Raw,
-        };
-        // 60 jobs of 1 ms queue up for a dozen of the watchdog's looks.
-        let jobs: Vec<Pending> = (0..60).map(|_| job(&d, &[b"x"])).collect();
-        for pending in jobs {
-            wait(pending)?;
-        }
-        let load = d.load();
-        assert_eq!(load.queued, 0);
-        // One thread; two if the machine preempted a call for longer than
-        // STUCK_AFTER (a busy CI box does), never the four a pool growing
-        // on every look would reach.
-        assert!(load.threads <= 2, "{load:?}");
-        Ok(())
-    }
-
-    #[test]
-    fn the_load_counts_queue_and_busy_threads() -> crate::Result<()> {
-        let d = pool(Protocol::Raw, 2)?;
-        let slow = job(&d, &[b"slow"]);
-        let queued = job(&d, &[b"a", b"b"]);
-        // The slow call holds the only thread until the watchdog adds one.
-        let load = d.load();
-        assert!(load.busy >= 1 && load.threads >= 1, "{load:?}");
-        wait(slow)?;
-        wait(queued)?;
-        let d_load = d.load();
-        assert_eq!(d_load.queued, 0);
-        wait_until_idle(&d);
-        assert_eq!(d.load().busy, 0);
-        // A job that finds the thread waiting is taken off the queue too.
-        wait(job(&d, &[b"c"]))?;
-        assert_eq!(d.load().queued, 0);
-        Ok(())
-    }
-
-    fn wait_until_idle(d: &Dispatcher) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while d.load().busy > 0 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    #[test]
-    fn close_lets_idle_threads_leave() -> crate::Result<()> {
-        let d = pool(Protocol::Raw, 2)?;
-        wait(job(&d, &[b"x"]))?;
-        d.close();
-        d.join_idle();
-        assert_eq!(d.load().threads, 0);
-        d.open(None);
-        assert_eq!(wait(job(&d, &[b"y"]))?.out, b"Y");
-        Ok(())
-    }
-
-    /// Names the thread that answers "who"; holds "hold" until released.
-    #[derive(Default)]
-    struct Held {
-        entered: Mutex<usize>,
-        released: Mutex<bool>,
-        changed: Condvar,
-    }
-
-    impl Held {
-        fn wait_entered(&self) {
-            let entered = self.entered.lock().unwrap_or_else(PoisonError::into_inner);
-            let (entered, _) = self
-                .changed
-                .wait_timeout_while(entered, Duration::from_secs(10), |n| *n == 0)
-                .unwrap_or_else(PoisonError::into_inner);
-            assert!(*entered > 0, "the held call never started");
-        }
-
-        fn release(&self) {
-            *self.released.lock().unwrap_or_else(PoisonError::into_inner) = true;
-            self.changed.notify_all();
-        }
-    }
-
-    impl Handler for Held {
-        fn reply(
-            &self,
-            _peer: std::net::SocketAddr,
-            message: &[u8],
-        ) -> Result<Option<Vec<u8>>, String> {
-            if message == b"hold" {
-                *self.entered.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-                self.changed.notify_all();
-                let released = self.released.lock().unwrap_or_else(PoisonError::into_inner);
-                let _held =
-                    self.changed
-                        .wait_timeout_while(released, Duration::from_secs(10), |r| !*r);
-                return Ok(Some(b"held".to_vec()));
-            }
-            let name = thread::current().name().unwrap_or("unnamed").to_owned();
-            Ok(Some(name.into_bytes()))
-        }
-    }
-
-    /// A dispatcher for a server of two network threads: one lane.
-    fn with_lanes(handler: Arc<Held>, max_threads: usize) -> TestPool {
-        TestPool {
-            dispatcher: Dispatcher::new(handler, max_threads, 2),
-            protocol: Protocol::Raw,
-        }
-    }
-
-    /// Submits `messages` from a thread named `name`; returns once the
-    /// submission does.
-    fn submit_from(d: &Arc<TestPool>, name: &str, messages: &'static [&'static [u8]]) -> Pending {
-        let d = d.clone();
-        thread::Builder::new()
-            .name(name.into())
-            .spawn(move || job(&d, messages))
-            .and_then(|t| {
-                t.join()
-                    .map_err(|_| std::io::Error::other("submitter panicked"))
-            })
-            .expect("a submitting thread") // a test: a thread that cannot start fails it
-    }
-
-    #[test]
-    fn a_quick_job_is_answered_on_the_thread_that_submits_it() -> crate::Result<()> {
-        let d = Arc::new(with_lanes(Arc::default(), 4));
-        let pending = submit_from(&d, "network", &[b"who", b"who"]);
-        // Answered before the submission returned, where it was made.
-        assert_eq!(pending.take().unwritten, b"networknetwork");
-        assert_eq!(d.load().threads, 0, "no handler thread was needed");
-        Ok(())
-    }
-
-    #[test]
-    fn one_handler_thread_leaves_no_lane() -> crate::Result<()> {
-        let d = Arc::new(with_lanes(Arc::default(), 1));
-        let answer = wait(submit_from(&d, "network", &[b"who"]))?;
-        assert_eq!(answer.out, b"sockdemo-handler");
-        Ok(())
-    }
-
-    #[test]
-    fn a_held_call_on_a_lane_sends_later_jobs_to_handler_threads() -> crate::Result<()> {
-        let held = Arc::new(Held::default());
-        let d = Arc::new(with_lanes(held.clone(), 4));
-        let holder = {
-            let d = d.clone();
-            thread::Builder::new()
-                .name("network-1".into())
-                .spawn(move || job(&d, &[b"hold"]))?
-        };
-        held.wait_entered();
-        assert_eq!(d.calls_here(), 1);
-        // Queued behind the held lane until the watchdog sees the call
-        // stuck, closes the fast path and sends a handler thread.
-        let answer = wait(submit_from(&d, "network-2", &[b"who"]))?;
-        assert_eq!(answer.out, b"sockdemo-handler");
-        assert!(!d.inner.lanes.is_open(), "the fast path is closed");
-        // And so are jobs submitted now, the call still held.
-        let answer = wait(submit_from(&d, "network-2", &[b"who"]))?;
-        assert_eq!(answer.out, b"sockdemo-handler");
-        held.release();
-        let holder = holder
-            .join()
-            .map_err(|_| std::io::Error::other("holder panicked"))?;
-        assert_eq!(wait(holder)?.out, b"held");
-        Ok(())
-    }
-}
+mod tests;

@@ -1,8 +1,8 @@
 //! A job: every whole message one connection has read, handed to whatever
 //! runs the handler, and the replies it collects on the way back.
 //!
-//! Two runners take jobs: the pool of handler threads (`dispatch`) and an
-//! event loop fed through a [`Handoff`](crate::handoff::Handoff). Both go
+//! Two runners take jobs: the pool of handler threads (`pool`) and an
+//! event loop fed through a [`LoopBridge`](crate::handling::bridge::LoopBridge). Both go
 //! through the same three steps, so the rules of a reply are written once:
 //!
 //! 1. [`Job::next`] is the message waiting for its reply;
@@ -22,9 +22,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use log::error;
 
+use crate::address::py_address;
 use crate::error::Error;
-use crate::handler::py_address;
-use crate::outbox::Outbox;
+use crate::handling::outbox::Outbox;
 use crate::protocol::{Codec, Protocol};
 
 /// How replies are encoded: the server's codec, and the prefix of the echo a
@@ -266,7 +266,7 @@ pub(crate) mod testing {
 
     impl Pending {
         /// What was delivered so far, without waiting.
-        pub fn take(&self) -> crate::outbox::Delivered {
+        pub fn take(&self) -> crate::handling::outbox::Delivered {
             self.outbox.take()
         }
     }

@@ -1,35 +1,12 @@
 //! What a reply handler is: code that decides the answer in place of the echo.
 //!
-//! A handler runs on the dispatcher's threads (see `dispatch`), or on the
-//! network thread that read the message while calls return quickly (see
-//! `inline`); it may block, sleep or wait on I/O, and the dispatcher then
-//! keeps it off the network threads. Three hooks let an embedding runtime
-//! (the Python module, for one) keep its own rules:
-//!
-//! * [`Handler::enter`] wraps a handler thread's whole life, so a thread can
-//!   stay attached to an interpreter instead of attaching per message;
-//! * the [`Detach`] it hands out releases that attachment while the thread
-//!   waits for work, so waiting never blocks the interpreter;
-//! * [`Handler::call_here`] wraps the calls a network thread makes, so it
-//!   can keep what it needs (a thread state) between them.
-//!
-//! A plain Rust handler implements [`Handler::reply`] and nothing else.
+//! A handler runs on the pool's threads, or on the network thread that read
+//! the message while calls return quickly (see `lanes`); it may block, and
+//! the pool then keeps it off the network threads. A plain Rust handler
+//! implements [`Handler::reply`] and nothing else; the other hooks let an
+//! embedding runtime (the Python module, for one) keep its own rules.
 
 use std::net::SocketAddr;
-
-/// Formats an address the way Python prints a socket address tuple.
-pub fn py_address(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => format!("('{}', {})", a.ip(), a.port()),
-        SocketAddr::V6(a) => format!(
-            "('{}', {}, {}, {})",
-            a.ip(),
-            a.port(),
-            a.flowinfo(),
-            a.scope_id()
-        ),
-    }
-}
 
 /// Runs a wait with whatever the handler thread holds (an interpreter lock,
 /// say) released.

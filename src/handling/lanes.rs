@@ -1,50 +1,24 @@
-//! Answering a job on the network thread that read it: the dispatcher's
+//! Lanes: answering a job on the network thread that read it, the pool's
 //! fast path.
 //!
 //! Handing a job to a handler thread costs a wake-up and two context
-//! switches of machine time, several times what a trivial Python handler
-//! costs to run. So a job may instead be answered right where it was read,
-//! the way uvloop runs everything on one thread: the network thread keeps a
-//! standing attachment to the interpreter and calls the handler itself.
-//!
-//! The risk is a handler that blocks (it sleeps, or waits on a database): a
-//! network thread inside such a call serves none of its other connections.
-//! These rules bound that risk:
-//!
-//! * [`Lanes`]: at most a fixed number of network threads are inside a
-//!   handler call at once, one fewer than the runtime has, so at least one
-//!   always serves the network. A job that finds every lane taken goes to
-//!   the handler threads.
-//! * The dispatcher's watchdog reads every lane's [`CallClock`]. A call that
-//!   has run long enough to look stuck shows that this handler waits, so the
-//!   fast path closes ([`Lanes::close`]) and every job goes to the handler
-//!   threads, which are made for waiting. It reopens once no call has been
-//!   stuck for a while.
-//! * A network thread inside a long call may have been the one watching the
-//!   sockets, with the others asleep waiting for it to finish; the watchdog
-//!   wakes one of them ([`Lanes::long_calls`]), so the network never waits
-//!   on a handler.
-//! * Tasks the thread had scheduled for itself wait for the call all the
-//!   same: tokio keeps the task woken last in a slot no other thread may
-//!   take, and a task that spent its cooperative budget on a list only its
-//!   own thread reads. The accept loop is exempt from the budget
-//!   (`server::accept`), so a stuck handler never stops the accepting.
-//! * A connection stuck in a call on its network thread cannot hear a
-//!   shutdown; after the grace period the server closes its socket from
-//!   outside ([`Lanes::cut`]) and stops waiting for it, as it does for a
-//!   handler thread.
+//! switches, several times what a trivial Python handler costs to run. So a
+//! job may instead be answered where it was read, the way uvloop runs
+//! everything on one thread. The risk is a handler that blocks: a network
+//! thread inside such a call serves none of its other connections. The rules
+//! that bound that risk are on [`Lanes`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::outbox::Outbox;
+use crate::handling::outbox::Outbox;
 
 /// When the call a thread is making started, for the watchdog to read.
 #[derive(Default)]
 pub(crate) struct CallClock {
-    /// Nanoseconds after the dispatcher's epoch, plus one; 0 between calls.
+    /// Nanoseconds after the pool's epoch, plus one; 0 between calls.
     started: AtomicU64,
 }
 
@@ -120,7 +94,34 @@ impl Lane {
     }
 }
 
-/// The lanes of one dispatcher, and whether the fast path is open.
+/// The lanes of one pool, and whether the fast path is open.
+///
+/// The risk is a handler that blocks (it sleeps, or waits on a database): a
+/// network thread inside such a call serves none of its other connections.
+/// These rules bound that risk:
+///
+/// * [`Lanes`]: at most a fixed number of network threads are inside a
+///   handler call at once, one fewer than the runtime has, so at least one
+///   always serves the network. A job that finds every lane taken goes to
+///   the handler threads.
+/// * The pool's watchdog reads every lane's [`CallClock`]. A call that
+///   has run long enough to look stuck shows that this handler waits, so the
+///   fast path closes ([`Lanes::close`]) and every job goes to the handler
+///   threads, which are made for waiting. It reopens once no call has been
+///   stuck for a while.
+/// * A network thread inside a long call may have been the one watching the
+///   sockets, with the others asleep waiting for it to finish; the watchdog
+///   wakes one of them ([`Lanes::long_calls`]), so the network never waits
+///   on a handler.
+/// * Tasks the thread had scheduled for itself wait for the call all the
+///   same: tokio keeps the task woken last in a slot no other thread may
+///   take, and a task that spent its cooperative budget on a list only its
+///   own thread reads. The accept loop is exempt from the budget
+///   (`serve::engine::accept`), so a stuck handler never stops the accepting.
+/// * A connection stuck in a call on its network thread cannot hear a
+///   shutdown; after the grace period the server closes its socket from
+///   outside ([`Lanes::cut`]) and stops waiting for it, as it does for a
+///   handler thread.
 pub(crate) struct Lanes {
     lanes: Box<[Lane]>,
     open: AtomicBool,
@@ -137,7 +138,7 @@ impl Lanes {
 
     /// A free lane, if the fast path is open and one is free. Sequentially
     /// consistent, so that a watchdog going to sleep either sees the lane
-    /// taken or is seen asleep by the taker (see `Dispatcher::submit`).
+    /// taken or is seen asleep by the taker (see `Pool::submit`).
     pub fn claim(&self) -> Option<Claim<'_>> {
         if !self.open.load(Relaxed) {
             return None;

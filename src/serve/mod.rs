@@ -1,0 +1,21 @@
+//! The server: from a bound listener to answered clients.
+//!
+//! * [`config`]: every setting of a server, with its safe default.
+//! * `engine`: the accept loop, the connection limit, graceful shutdown.
+//! * [`server`]: the engine behind a blocking handle Python drives.
+//! * `connection`: one client's session: buffers, timeouts, replies.
+//! * `transport`: a connection's byte stream, plain or TLS.
+//! * `eviction`: which connections are idle, so a full server can make room.
+//! * [`proxy`]: the PROXY protocol header a load balancer puts first.
+
+pub mod config;
+pub(crate) mod connection;
+mod engine;
+mod eviction;
+pub mod proxy;
+pub mod server;
+mod transport;
+
+pub use config::{Config, Mode};
+pub use engine::bind;
+pub use server::Server;
