@@ -68,6 +68,12 @@ def test_classes_show_the_real_defaults() -> None:
     assert server["reply_prefix"] == sockdemo.DEFAULT_PREFIX
     assert server["buffer_size"] == sockdemo.DEFAULT_BUFFER_SIZE
     assert server["max_message_size"] == sockdemo.DEFAULT_MAX_MESSAGE_SIZE
+    assert server["max_clients"] == sockdemo.DEFAULT_MAX_CLIENTS
+    assert server["max_buffered_bytes"] == sockdemo.DEFAULT_MAX_BUFFERED_BYTES
+    assert server["evict_idle_after"] == sockdemo.DEFAULT_EVICT_IDLE_AFTER
+    assert server["message_timeout"] == sockdemo.DEFAULT_MESSAGE_TIMEOUT
+    assert server["write_timeout"] == sockdemo.DEFAULT_WRITE_TIMEOUT
+    assert server["shutdown_timeout"] == sockdemo.DEFAULT_SHUTDOWN_TIMEOUT
     client = defaults(sockdemo.Client)
     assert client["host"] == sockdemo.DEFAULT_HOST
     assert client["port"] == sockdemo.DEFAULT_PORT

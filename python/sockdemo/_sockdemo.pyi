@@ -14,10 +14,16 @@ from typing import Any, Literal, final, overload
 __all__ = [
     "BYE_REPLY",
     "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_EVICT_IDLE_AFTER",
     "DEFAULT_HOST",
+    "DEFAULT_MAX_BUFFERED_BYTES",
+    "DEFAULT_MAX_CLIENTS",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MESSAGE_TIMEOUT",
     "DEFAULT_PORT",
     "DEFAULT_PREFIX",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DEFAULT_WRITE_TIMEOUT",
     "Client",
     "LoopClient",
     "LoopHandler",
@@ -42,6 +48,18 @@ DEFAULT_BUFFER_SIZE: int
 """``1024``: the size of one raw message (the original's ``recv(1024)``)."""
 DEFAULT_MAX_MESSAGE_SIZE: int
 """``1048576``: the largest framed message accepted by default."""
+DEFAULT_MAX_CLIENTS: int
+"""``100``: clients a server serves at once by default."""
+DEFAULT_MAX_BUFFERED_BYTES: int
+"""``67108864`` (64 MiB): bytes of half-received messages all connections may hold."""
+DEFAULT_EVICT_IDLE_AFTER: float
+"""``10.0`` seconds idle before a full server closes a connection for a waiting client."""
+DEFAULT_MESSAGE_TIMEOUT: float
+"""``30.0`` seconds for a started message (or TLS handshake) to arrive whole."""
+DEFAULT_WRITE_TIMEOUT: float
+"""``30.0`` seconds for a reply to be written."""
+DEFAULT_SHUTDOWN_TIMEOUT: float
+"""``5.0`` seconds a shutdown waits for handlers still running."""
 
 _Protocol = Literal["raw", "framed"]
 # `handler(message)`, or `handler(message, peer)` to learn the client's

@@ -17,7 +17,7 @@ there are workers. The supervisor serves nothing itself. It
   the old one is asked to drain, so no connection is refused, and a new one
   that cannot start leaves the old one serving.
 
-Workers run the command-line server (``cli.serve_worker``) with the options
+Workers run the command the caller gives (the command-line server's worker) with the options
 the supervisor was given, passed as JSON in ``SOCKDEMO_WORKER``, in a session
 of their own so that a Ctrl+C at the terminal reaches only the supervisor,
 and they die with it (``PR_SET_PDEATHSIG``) should it be killed.
@@ -32,9 +32,9 @@ import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
 #: The longest a crashing worker waits before it is started again.
@@ -45,7 +45,6 @@ YOUNG = 1.0
 START_TIMEOUT = 30.0
 
 WORKER_ENV = "SOCKDEMO_WORKER"
-_WORKER_MAIN = "import sys, sockdemo.cli; sys.exit(sockdemo.cli.serve_worker())"
 
 Say = Callable[[str], None]
 
@@ -69,7 +68,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
 class Worker:
     """One worker process, its output relayed line by line."""
 
-    def __init__(self, number: int, options: dict[str, Any], say: Say) -> None:
+    def __init__(
+        self, number: int, options: dict[str, Any], say: Say, command: Sequence[str]
+    ) -> None:
         self.number = number
         self.started = time.monotonic()
         self.ready = threading.Event()
@@ -78,7 +79,7 @@ class Worker:
         self.metrics: tuple[str, int] | None = None  # its own /metrics
         env = dict(os.environ, **{WORKER_ENV: json.dumps(options)}, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_MAIN],
+            list(command),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -142,7 +143,15 @@ def _die_with_parent() -> None:
 class Supervisor:
     """Keeps ``count`` workers serving ``options`` until told to stop."""
 
-    def __init__(self, options: dict[str, Any], count: int, grace: float, say: Say) -> None:
+    def __init__(
+        self,
+        options: dict[str, Any],
+        count: int,
+        grace: float,
+        say: Say,
+        command: Sequence[str],
+    ) -> None:
+        self.command = command
         self.options = options
         self.count = count
         self.grace = grace
@@ -172,7 +181,7 @@ class Supervisor:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         for i in range(self.count):
-            worker = self.workers[i] = Worker(i + 1, self.options, self.say)
+            worker = self.workers[i] = Worker(i + 1, self.options, self.say, self.command)
             if not worker.wait_ready():
                 self.say(f"Error: worker {i + 1} could not start: {worker.last_line}")
                 self._stop(at_once=True)
@@ -215,7 +224,7 @@ class Supervisor:
             at = self.restart_at[i]
             if self.workers[i] is None and at is not None and now >= at:
                 self.restart_at[i] = None
-                self.workers[i] = Worker(i + 1, self.options, self.say)
+                self.workers[i] = Worker(i + 1, self.options, self.say, self.command)
 
     def _reload(self) -> None:
         """Replaces the workers one at a time, never leaving the port without one."""
@@ -226,7 +235,7 @@ class Supervisor:
                 "draining worker's listener are reset; set it to 1 for reloads that lose none."
             )
         for i, old in enumerate(self.workers):
-            new = Worker(i + 1, self.options, self.say)
+            new = Worker(i + 1, self.options, self.say, self.command)
             if not new.wait_ready():
                 self.say(
                     f"Worker {i + 1} could not be replaced, the old one keeps serving: "

@@ -28,6 +28,7 @@ mod server;
 use pyo3::prelude::*;
 
 use crate::protocol;
+use crate::serve::config;
 
 #[pymodule]
 fn _sockdemo(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -58,6 +59,20 @@ fn _sockdemo(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "DEFAULT_MAX_MESSAGE_SIZE",
         protocol::DEFAULT_MAX_MESSAGE_SIZE,
     )?;
+    m.add("DEFAULT_MAX_CLIENTS", config::DEFAULT_MAX_CLIENTS)?;
+    m.add(
+        "DEFAULT_MAX_BUFFERED_BYTES",
+        config::DEFAULT_MAX_BUFFERED_BYTES,
+    )?;
+    // Durations as Python spells them: float seconds.
+    for (name, duration) in [
+        ("DEFAULT_EVICT_IDLE_AFTER", config::DEFAULT_EVICT_IDLE_AFTER),
+        ("DEFAULT_MESSAGE_TIMEOUT", config::DEFAULT_MESSAGE_TIMEOUT),
+        ("DEFAULT_WRITE_TIMEOUT", config::DEFAULT_WRITE_TIMEOUT),
+        ("DEFAULT_SHUTDOWN_TIMEOUT", config::DEFAULT_SHUTDOWN_TIMEOUT),
+    ] {
+        m.add(name, duration.as_secs_f64())?;
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

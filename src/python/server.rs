@@ -48,12 +48,17 @@ pub(super) struct Server {
 impl Server {
     #[new]
     #[pyo3(signature = (
-        host = protocol::DEFAULT_HOST.to_owned(), port = 0, max_clients = 100, protocol = "raw",
+        host = protocol::DEFAULT_HOST.to_owned(), port = 0,
+        max_clients = config::DEFAULT_MAX_CLIENTS, protocol = "raw",
         reply_prefix = protocol::DEFAULT_PREFIX.to_owned(), idle_timeout = None, certfile = None,
         keyfile = None, handler = None, *, buffer_size = protocol::DEFAULT_BUFFER_SIZE,
-        max_message_size = protocol::DEFAULT_MAX_MESSAGE_SIZE, message_timeout = Some(30.0),
-        write_timeout = Some(30.0), handler_threads = None, shutdown_timeout = 5.0,
-        evict_idle_after = Some(10.0), max_buffered_bytes = 64 << 20, proxy_protocol = false,
+        max_message_size = protocol::DEFAULT_MAX_MESSAGE_SIZE,
+        message_timeout = Some(config::DEFAULT_MESSAGE_TIMEOUT.as_secs_f64()),
+        write_timeout = Some(config::DEFAULT_WRITE_TIMEOUT.as_secs_f64()),
+        handler_threads = None,
+        shutdown_timeout = config::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64(),
+        evict_idle_after = Some(config::DEFAULT_EVICT_IDLE_AFTER.as_secs_f64()),
+        max_buffered_bytes = config::DEFAULT_MAX_BUFFERED_BYTES, proxy_protocol = false,
         proxy_allow = None, reuse_port = false
     ))]
     // Spelled out so that help() shows the defaults (the constants' values;

@@ -11,6 +11,20 @@ use std::time::Duration;
 use crate::protocol::{DEFAULT_BUFFER_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, Protocol};
 pub use crate::serve::proxy::ProxyPolicy;
 
+/// Clients served at once by default.
+pub const DEFAULT_MAX_CLIENTS: usize = 100;
+/// Bytes of half-received messages all connections may hold, by default.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 << 20;
+/// How long a connection must have been idle before a full server closes
+/// it for a waiting client, by default.
+pub const DEFAULT_EVICT_IDLE_AFTER: Duration = Duration::from_secs(10);
+/// The time a started message (or handshake) has to arrive whole, by default.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The time a reply has to be written, by default.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for handlers still running, by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How a server behaves; every limit has a safe default.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -69,20 +83,20 @@ pub fn default_handler_threads() -> usize {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            max_clients: 100,
+            max_clients: DEFAULT_MAX_CLIENTS,
             protocol: Protocol::Raw,
             reply_prefix: DEFAULT_PREFIX.as_bytes().to_vec(),
             buffer_size: DEFAULT_BUFFER_SIZE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             idle_timeout: None,
-            evict_idle_after: Some(Duration::from_secs(10)),
-            max_buffered_bytes: 64 << 20,
-            message_timeout: Some(Duration::from_secs(30)),
-            write_timeout: Some(Duration::from_secs(30)),
+            evict_idle_after: Some(DEFAULT_EVICT_IDLE_AFTER),
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            message_timeout: Some(DEFAULT_MESSAGE_TIMEOUT),
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             backlog: 1024,
             tls: None,
             handler_threads: default_handler_threads(),
-            shutdown_timeout: Duration::from_secs(5),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             proxy: None,
             reuse_port: false,
         }

@@ -1,0 +1,50 @@
+"""``--workers``: the supervisor's side. Each worker runs
+:mod:`sockdemo.cli.worker` as a program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+from .. import supervisor
+from .output import fail, refuse, say
+from .server import HandlerError, listening, load_handler, metrics_endpoint
+
+#: How the supervisor starts a worker: :mod:`sockdemo.cli.worker` as a program.
+WORKER_COMMAND = (sys.executable, "-m", "sockdemo.cli.worker")
+
+
+def supervise(args: argparse.Namespace) -> int:
+    try:
+        load_handler(args.handler) if args.handler else None
+    except HandlerError as exc:
+        say(f"Error: {exc}")
+        return 2
+    count = args.workers or os.cpu_count() or 1
+    try:
+        reserved = supervisor.reserve_port(args.host, args.port)
+    except OSError as exc:
+        return refuse(exc, args)
+    with reserved:
+        host, port = reserved.getsockname()[:2]
+        options = {k: v for k, v in vars(args).items() if k not in ("main", "handler_function")}
+        options.update(port=port, reuse_port=True, workers=1)
+        if args.metrics_port is not None:
+            # Each worker's own endpoint, private; the supervisor's adds them up.
+            options.update(metrics_port=0, metrics_host="127.0.0.1")
+
+        boss = supervisor.Supervisor(options, count, args.shutdown_timeout, say, WORKER_COMMAND)
+        with contextlib.ExitStack() as endpoint:
+
+            def ready() -> None:
+                listening((host, port))
+                say(f"Started {count} workers.")
+                endpoint.enter_context(metrics_endpoint(args, boss.metrics))
+
+            try:
+                return boss.run(ready)
+            except OSError as exc:
+                return fail(str(exc))
