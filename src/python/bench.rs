@@ -1,5 +1,4 @@
-//! `sockdemo.bench()` (the load generator, run with the interpreter released)
-//! and `sockdemo.generate_self_signed()`.
+//! `sockdemo.bench()`: the load generator, run with the interpreter released.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,10 +7,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::convert::{client_tls, parse_protocol, seconds};
-use super::errors::{blocking, to_py};
+use super::errors::blocking;
 use crate::clients::bench;
 use crate::protocol;
-use crate::tls;
 
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -103,13 +101,4 @@ pub(super) fn run_bench<'py>(
     }
     dict.set_item("latency_ms", latency)?;
     Ok(dict)
-}
-
-/// Writes `dir/cert.pem` and `dir/key.pem`; returns their paths.
-/// Writes a self-signed development certificate for `localhost` and
-/// `127.0.0.1` to `dir/cert.pem` and `dir/key.pem` (mode 0600), creating
-/// `dir` if needed; returns the two paths.
-#[pyfunction]
-pub(super) fn generate_self_signed(py: Python<'_>, dir: PathBuf) -> PyResult<(PathBuf, PathBuf)> {
-    tls::generate_self_signed(&dir).map_err(|e| to_py(py, e, None))
 }

@@ -11,12 +11,13 @@
 //! * `server`, `client`: the `Server` and `Client` classes;
 //! * `loop_handler`, `loop_client`: what `sockdemo.aio` builds on: a
 //!   handler run on an asyncio loop, and a client the loop drives;
-//! * `bench`: the load generator and development certificates.
+//! * `bench`, `cert`: the load generator, development certificates.
 //!
 //! Every network wait runs inside `py.detach(...)`, woken at least every
 //! 100 ms to run `check_signals()`, so Ctrl+C and other threads keep working.
 
 mod bench;
+mod cert;
 mod client;
 mod convert;
 mod errors;
@@ -47,7 +48,7 @@ fn _sockdemo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<loop_handler::LoopHandler>()?;
     m.add_class::<loop_handler::PendingJob>()?;
     m.add_class::<loop_client::LoopClient>()?;
-    m.add_function(wrap_pyfunction!(bench::generate_self_signed, m)?)?;
+    m.add_function(wrap_pyfunction!(cert::generate_self_signed, m)?)?;
     m.add_function(wrap_pyfunction!(bench::run_bench, m)?)?;
     m.add_function(wrap_pyfunction!(server::_shutdown_all, m)?)?;
     m.add("DEFAULT_HOST", protocol::DEFAULT_HOST)?;
