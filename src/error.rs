@@ -55,6 +55,11 @@ pub enum Error {
     #[error("{0}")]
     Proxy(String),
 
+    /// A connection's unsent bytes passed the server's bound: its client
+    /// reads too slowly (or not at all) for what is sent to it.
+    #[error("the client reads too slowly: {pending} bytes unsent, over the limit of {limit}")]
+    SlowReader { pending: usize, limit: usize },
+
     /// A server's reply handler failed (it has logged the details).
     #[error("handler failed: {0}")]
     Handler(String),

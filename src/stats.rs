@@ -31,22 +31,25 @@ pub enum Closed {
     Shutdown,
     /// The session's message allowance was used up.
     Limit,
+    /// The server's session closed it.
+    Session,
     /// It failed: see `sockdemo_errors_total`.
     Error,
 }
 
-const REASONS: [(Closed, &str); 7] = [
+const REASONS: [(Closed, &str); 8] = [
     (Closed::Client, "client"),
     (Closed::Bye, "bye"),
     (Closed::Idle, "idle"),
     (Closed::Evicted, "evicted"),
     (Closed::Shutdown, "shutdown"),
     (Closed::Limit, "limit"),
+    (Closed::Session, "session"),
     (Closed::Error, "error"),
 ];
 
 /// The kinds of failure the `kind` label names.
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 9] = [
     "timeout",
     "reset",
     "io",
@@ -55,6 +58,7 @@ const KINDS: [&str; 8] = [
     "tls",
     "handler",
     "proxy",
+    "slow_reader",
 ];
 
 /// The kind label of a connection's failure.
@@ -67,6 +71,7 @@ fn kind(error: &Error) -> &'static str {
         Error::Protocol(_) => "protocol",
         Error::Tls(_) | Error::NotTls(_) | Error::Certificate(_) => "tls",
         Error::Handler(_) => "handler",
+        Error::SlowReader { .. } => "slow_reader",
         _ => "io",
     }
 }

@@ -111,6 +111,14 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
+def default_signals() -> None:
+    """In a child, before it runs: Ctrl+C and SIGTERM do what they do by
+    default, whatever the test run inherited (CI and `nohup` start jobs with
+    SIGINT ignored, and an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Script:
     """A script or `python -m sockdemo` run as a child process.
 
@@ -135,6 +143,7 @@ class Script:
             errors="replace",
             cwd=cwd,
             env=env or dict(os.environ, PYTHONUNBUFFERED="1"),
+            preexec_fn=default_signals,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []

@@ -20,7 +20,7 @@ struct Upper {
 impl Handler for Upper {
     fn reply(
         &self,
-        _peer: std::net::SocketAddr,
+        _conn: &sockdemo::handling::Conn,
         message: &[u8],
     ) -> Result<Option<Vec<u8>>, String> {
         self.calls.fetch_add(1, Ordering::Relaxed);

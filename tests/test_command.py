@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import sockdemo
+from conftest import default_signals
 
 # Beside the interpreter running the tests: the venv's, or the wheel's in the matrix.
 COMMAND = Path(sys.executable).parent / "sockdemo"
@@ -37,7 +38,11 @@ def test_help_names_the_command() -> None:
 
 def test_server_and_client_from_another_directory(tmp_path) -> None:
     proc = subprocess.Popen(
-        [command(), "server", "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+        [command(), "server", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=default_signals,
     )
     try:
         assert proc.stdout is not None

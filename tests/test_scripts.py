@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import BYE, PREFIX, SCRIPTS, recv_exactly, recv_until_closed, reset
+from conftest import BYE, PREFIX, SCRIPTS, default_signals, recv_exactly, recv_until_closed, reset
 
 ADDRESS = r"\('127\.0\.0\.1', \d+\)"
 
@@ -270,6 +270,7 @@ def test_server_whose_output_reader_went_away_ends_without_a_traceback(tmp_path)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
     assert server.stdout is not None and server.stderr is not None
     port = int(server.stdout.readline().rsplit(":", 1)[1])

@@ -34,6 +34,7 @@ from ._sockdemo import (
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MESSAGE_TIMEOUT,
     DEFAULT_PORT,
     DEFAULT_PREFIX,
@@ -47,6 +48,7 @@ from ._sockdemo import (
     generate_self_signed,
 )
 from .errors import MessageTooLarge, ProtocolError, ServerClosedError, TLSError
+from .session import Session
 
 __all__ = [
     "BYE_REPLY",
@@ -56,6 +58,7 @@ __all__ = [
     "DEFAULT_MAX_BUFFERED_BYTES",
     "DEFAULT_MAX_CLIENTS",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MESSAGE_TIMEOUT",
     "DEFAULT_PORT",
     "DEFAULT_PREFIX",
@@ -66,6 +69,7 @@ __all__ = [
     "ProtocolError",
     "Server",
     "ServerClosedError",
+    "Session",
     "TLSError",
     "__version__",
     "bench",

@@ -1,4 +1,4 @@
-"""``python -m sockdemo server|client|bench|cert``: see ``--help``."""
+"""``python -m sockdemo server|client|chat|bench|cert``: see ``--help``."""
 
 import sys
 

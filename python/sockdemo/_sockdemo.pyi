@@ -11,6 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, final, overload
 
+from .session import Session
+
 __all__ = [
     "BYE_REPLY",
     "DEFAULT_BUFFER_SIZE",
@@ -19,12 +21,14 @@ __all__ = [
     "DEFAULT_MAX_BUFFERED_BYTES",
     "DEFAULT_MAX_CLIENTS",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MESSAGE_TIMEOUT",
     "DEFAULT_PORT",
     "DEFAULT_PREFIX",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_WRITE_TIMEOUT",
     "Client",
+    "Connection",
     "LoopClient",
     "LoopHandler",
     "PendingJob",
@@ -48,6 +52,8 @@ DEFAULT_BUFFER_SIZE: int
 """``1024``: the size of one raw message (the original's ``recv(1024)``)."""
 DEFAULT_MAX_MESSAGE_SIZE: int
 """``1048576``: the largest framed message accepted by default."""
+DEFAULT_MAX_PENDING_BYTES: int
+"""``1048576``: bytes sent to one client and not yet read, past which it is too slow."""
 DEFAULT_MAX_CLIENTS: int
 """``100``: clients a server serves at once by default."""
 DEFAULT_MAX_BUFFERED_BYTES: int
@@ -115,6 +121,14 @@ class Server:
     A handler that takes two arguments is called as ``handler(message,
     peer)``, ``peer`` being the client's ``(host, port)``: the real client
     behind a proxy.
+
+    ``session``, in place of a handler, is a :class:`sockdemo.Session`
+    subclass: one instance per connection holds its state, and its hooks
+    (``connected``, ``received``, ``closed``) run like a handler. Nothing is
+    added to what a session sends (no prefix, no goodbye to ``bye``), and it
+    may send at any time; a client that leaves more than
+    ``max_pending_bytes`` (default 1 MiB) unread is too slow, and is
+    disconnected. :meth:`broadcast` reaches every connection.
     """
 
     def __new__(
@@ -140,6 +154,8 @@ class Server:
         proxy_protocol: bool = False,
         proxy_allow: Sequence[str] | None = None,
         reuse_port: bool = False,
+        session: type[Session] | None = None,
+        max_pending_bytes: int = 1048576,
     ) -> Server: ...
     @property
     def server_address(self) -> tuple[Any, ...]:
@@ -171,6 +187,12 @@ class Server:
         inside a handler it only asks, and the handler's reply still goes out."""
     def server_close(self) -> None:
         """Shuts down if serving, then releases the listening socket."""
+    def broadcast(self, message: str | bytes, exclude: object = None) -> int:
+        """Sends ``message`` to every connection of a session server but
+        ``exclude`` (a session, a connection, or its ``id``), without waiting
+        for any: encoded once and queued in Rust. Returns how many connections
+        took it; a connection too far behind is closed rather than waited
+        for."""
     def metrics(self) -> str:
         """Every counter in Prometheus' text format, as ``/metrics`` serves it:
         connections accepted, active and closed (by reason), messages and bytes
@@ -234,6 +256,10 @@ class Client:
         boundaries, so after two raw sends one :meth:`receive` may return
         both replies run together.
         """
+    def __iter__(self) -> Client: ...
+    def __next__(self) -> str:
+        """The next message the server sends, as ``str``, until it closes
+        the connection; each waits at most ``timeout`` (``TimeoutError``)."""
     def receive(self) -> bytes:
         """Reads the next reply (framed: one whole reply; raw: one read)."""
     def close(self) -> None:
@@ -297,6 +323,7 @@ class LoopHandler:
         handler: Callable[..., Any],
         follow: Callable[[PendingJob, Any, bool, Any], object],
         finished: Callable[[], object],
+        session: bool = False,
     ) -> LoopHandler: ...
     def fileno(self) -> int: ...
     def run(self) -> None:
@@ -311,6 +338,29 @@ class PendingJob:
     def resume(self, reply: object) -> None: ...
     def fail(self, error: BaseException) -> None: ...
     def cancel(self) -> None: ...
+    def done(self) -> None: ...
+
+@final
+class Connection:
+    """One connection of a session server: what a session sends through."""
+
+    @property
+    def id(self) -> int:
+        """The connection's number, unique within its server."""
+    @property
+    def peer(self) -> tuple[Any, ...]:
+        """The client's ``(host, port)`` (the real client's behind a proxy)."""
+    @property
+    def pending(self) -> int:
+        """Bytes sent that the client has not taken yet (0 once gone)."""
+    @property
+    def is_open(self) -> bool:
+        """Is the connection still open?"""
+    def send(self, message: str | bytes) -> bool:
+        """Sends ``message`` after everything sent before, without waiting;
+        ``False`` once the connection is closing or gone."""
+    def close(self) -> None:
+        """Closes the connection once what was sent before is out."""
 
 @final
 class LoopClient:

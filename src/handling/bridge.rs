@@ -50,6 +50,8 @@ pub struct LoopBridge {
     state: Mutex<State>,
     /// The loop's network, whose descriptor it watches and whose bell wakes it.
     reactor: Arc<Reactor>,
+    /// The loop holds a session per connection (see `Handler::is_session`).
+    session: bool,
 }
 
 #[derive(Debug, Default)]
@@ -66,16 +68,23 @@ struct State {
 }
 
 impl LoopBridge {
-    /// A bridge with nothing queued.
+    /// A bridge with nothing queued, for a loop that holds a session per
+    /// connection if `session`.
     ///
     /// # Errors
     ///
     /// When the reactor cannot be made (out of descriptors, say).
-    pub fn new() -> io::Result<Self> {
+    pub fn new(session: bool) -> io::Result<Self> {
         Ok(LoopBridge {
             state: Mutex::default(),
             reactor: Reactor::new()?,
+            session,
         })
+    }
+
+    /// Does the loop hold a session per connection?
+    pub fn is_session(&self) -> bool {
+        self.session
     }
 
     /// The loop's reactor, which serves the server's connections.
@@ -231,7 +240,7 @@ mod tests {
 
     #[test]
     fn a_burst_of_jobs_is_one_wake_up() -> crate::Result<()> {
-        let bridge = LoopBridge::new()?;
+        let bridge = LoopBridge::new(false)?;
         assert!(!readable(&bridge));
         let (first, a) = job(Protocol::Raw, &[b"a"]);
         let (second, b) = job(Protocol::Raw, &[b"b", b"c"]);
@@ -267,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_job_after_a_take_wakes_again() -> crate::Result<()> {
-        let bridge = LoopBridge::new()?;
+        let bridge = LoopBridge::new(false)?;
         let (first, _a) = job(Protocol::Raw, &[b"a"]);
         bridge.submit(first);
         wake_up(&bridge);
@@ -299,7 +308,7 @@ mod tests {
             .worker_threads(1)
             .enable_all()
             .build()?;
-        let bridge = LoopBridge::new()?;
+        let bridge = LoopBridge::new(false)?;
         // The reactor learns the server's runtime from its first connection.
         bridge.reactor().spawn(network.handle().clone(), async {});
         // `n` jobs answered by the loop, and what each connection should get.
@@ -340,7 +349,7 @@ mod tests {
 
     #[test]
     fn finishing_wakes_the_loop() -> crate::Result<()> {
-        let bridge = LoopBridge::new()?;
+        let bridge = LoopBridge::new(false)?;
         bridge.finish();
         assert!(readable(&bridge));
         wake_up(&bridge);

@@ -6,7 +6,9 @@
 //! implements [`Handler::reply`] and nothing else; the other hooks let an
 //! embedding runtime (the Python module, for one) keep its own rules.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::handling::conn::Conn;
 
 /// Runs a wait with whatever the handler thread holds (an interpreter lock,
 /// say) released.
@@ -26,12 +28,28 @@ impl Detach for Nothing {
 
 /// Computes replies in place of the echo.
 pub trait Handler: Send + Sync {
-    /// Answers `message` from the client at `peer`: the bytes to send back, `Ok(None)` for the default
+    /// Answers `message` from the client on `conn`: the bytes to send back, `Ok(None)` for the default
     /// echo, or `Err` with a description when it failed (the handler logs
     /// the details itself). A failure closes that client's connection and
     /// nothing else. May block: a call that does moves the handler off the
     /// network threads.
-    fn reply(&self, peer: SocketAddr, message: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    fn reply(&self, conn: &Conn, message: &[u8]) -> Result<Option<Vec<u8>>, String>;
+
+    /// Does this handler hold a session per connection? Then [`Handler::opened`]
+    /// and [`Handler::closed`] run for every connection, and nothing is added
+    /// to what it sends: no echo for `None`, no automatic goodbye.
+    fn is_session(&self) -> bool {
+        false
+    }
+
+    /// A session's connection has opened; `Err` closes it.
+    fn opened(&self, _conn: &Arc<Conn>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A session's connection has closed, whatever closed it; runs once,
+    /// after every message was answered.
+    fn closed(&self, _conn: &Conn) {}
 
     /// Runs a handler thread's life, `thread`, inside whatever context
     /// [`Handler::reply`] needs, handing it the way to release that context

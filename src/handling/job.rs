@@ -12,7 +12,9 @@
 //!
 //! A job dropped before it is settled (its runner went away: a thread that
 //! could not start, an event loop that closed) settles itself with a
-//! failure, so its connection closes instead of waiting for ever.
+//! failure, so its connection closes instead of waiting for ever. A session
+//! server also hands over a job with no message when a connection opens and
+//! when it closes ([`Stage`]), so that its hooks run in order with the rest.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -24,6 +26,7 @@ use log::error;
 
 use crate::address::py_address;
 use crate::error::Error;
+use crate::handling::conn::{Conn, encode};
 use crate::handling::outbox::Outbox;
 use crate::protocol::{Codec, Protocol};
 
@@ -33,11 +36,26 @@ use crate::protocol::{Codec, Protocol};
 pub(crate) struct Replies {
     pub codec: Codec,
     pub prefix: Vec<u8>,
+    /// A session answers: nothing is added to what it sends (no echo for
+    /// `None`), and each reply leaves at once, in order with its pushes.
+    pub session: bool,
+}
+
+/// What a job asks of the handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The connection has opened (sessions only): no message yet.
+    Open,
+    /// Answer the messages.
+    Messages,
+    /// The connection has closed (sessions only): no message any more.
+    Close,
 }
 
 /// Every whole message one connection has read, with the replies so far.
 pub struct Job {
-    peer: SocketAddr,
+    conn: Arc<Conn>,
+    stage: Stage,
     data: Bytes,
     messages: Vec<Range<usize>>,
     /// How many messages have their reply in `out`.
@@ -46,43 +64,65 @@ pub struct Job {
     /// Why the job stopped before its last message.
     error: Option<Error>,
     replies: Arc<Replies>,
-    /// Where the replies go; taken when the job is settled.
-    outbox: Option<Arc<Outbox>>,
+    /// The replies have gone to the connection's outbox.
+    settled: bool,
+    /// A session's replies are written at once by whoever answers (else
+    /// queued for the connection to write).
+    write_now: bool,
     /// When the job was handed over.
     since: Instant,
 }
 
 impl Job {
-    /// A job of `messages` (ranges of `data`) from `peer`, whose replies go
-    /// to `outbox`, which the caller has marked as having a job in flight.
+    /// A job of `messages` (ranges of `data`) from `conn`, whose outbox the
+    /// caller has marked as having a job in flight.
     pub(crate) fn new(
-        peer: SocketAddr,
+        conn: Arc<Conn>,
+        stage: Stage,
         data: Bytes,
         messages: Vec<Range<usize>>,
         replies: Arc<Replies>,
-        outbox: Arc<Outbox>,
     ) -> Self {
         Job {
-            peer,
+            conn,
+            stage,
             data,
             messages,
             answered: 0,
             out: Vec::new(),
             error: None,
             replies,
-            outbox: Some(outbox),
+            settled: false,
+            write_now: true,
             since: Instant::now(),
         }
     }
 
+    /// Whether a session's replies are written by whoever answers, at once
+    /// (the default), or queued for the connection's network thread: a pool
+    /// with a backlog spares its own time for the next job.
+    pub fn write_now(&mut self, now: bool) {
+        self.write_now = now;
+    }
+
+    /// What the job asks of the handler.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// The connection the job came from.
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
     /// The client's address (behind a proxy, the one its header gave).
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        self.conn.peer()
     }
 
     /// Where the replies go, until the job is settled.
     pub(crate) fn outbox(&self) -> Option<&Arc<Outbox>> {
-        self.outbox.as_ref()
+        (!self.settled).then(|| self.conn.outbox())
     }
 
     /// How many messages the job carries.
@@ -93,6 +133,11 @@ impl Job {
     /// Does the job carry no message? (Never, as connections make them.)
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
+    }
+
+    /// Every message of the job, answered or not.
+    pub fn messages(&self) -> impl Iterator<Item = &[u8]> {
+        self.messages.iter().map(|range| &self.data[range.clone()])
     }
 
     /// The message waiting for its reply; `None` once every message is
@@ -119,13 +164,15 @@ impl Job {
             return false;
         }
         let encoded = match reply {
+            Ok(Some(reply)) if self.replies.session => self.send(reply),
+            Ok(None) if self.replies.session => Ok(()),
             Ok(Some(reply)) => match self.refusal(reply) {
                 None => self.replies.codec.encode(&[reply], &mut self.out),
                 Some(refused) => {
                     error!(
                         target: "sockdemo::handler",
                         "Handler reply to {} refused: {refused}",
-                        py_address(self.peer)
+                        py_address(self.peer())
                     );
                     Err(refused)
                 }
@@ -146,6 +193,23 @@ impl Job {
                 false
             }
         }
+    }
+
+    /// Sends a session's reply at once, so that it leaves in order with what
+    /// the session pushes while answering the next message.
+    fn send(&self, reply: &[u8]) -> Result<(), Error> {
+        let mut encoded = Vec::new();
+        if let Err(refused) = encode(&self.replies.codec, reply, &mut encoded) {
+            error!(
+                target: "sockdemo::handler",
+                "Session reply to {} refused: {refused}",
+                py_address(self.peer())
+            );
+            return Err(refused);
+        }
+        // A connection already closing has no use for it.
+        self.conn.outbox().push(&encoded, self.write_now);
+        Ok(())
     }
 
     /// Stops the job: the replies so far go out, then the connection closes
@@ -183,9 +247,10 @@ impl Job {
     }
 
     fn deliver(&mut self, write: bool) {
-        let Some(outbox) = self.outbox.take() else {
+        if std::mem::replace(&mut self.settled, true) {
             return;
-        };
+        }
+        let outbox = self.conn.outbox().clone();
         if self.error.is_none() && self.answered < self.messages.len() {
             self.error = Some(Error::Handler(
                 "the handler stopped before answering every message".into(),
@@ -207,7 +272,8 @@ impl Drop for Job {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
-            .field("peer", &self.peer)
+            .field("conn", &self.conn)
+            .field("stage", &self.stage)
             .field("messages", &self.messages.len())
             .field("answered", &self.answered)
             .finish_non_exhaustive()
@@ -247,20 +313,22 @@ pub(crate) mod testing {
                 at - m.len()..at
             })
             .collect();
+        let codec = Codec::new(protocol, 1024, 8).expect("codec"); // valid sizes: test only
         let replies = Arc::new(Replies {
-            codec: Codec::new(protocol, 1024, 8).expect("codec"), // valid sizes: test only
+            codec,
             prefix: b"> ".to_vec(),
+            session: false,
         });
         let stats = Arc::new(Stats::default());
-        let outbox = Arc::new(Outbox::new(None, false, stats.clone()));
+        let outbox = Arc::new(Outbox::new(None, false, stats.clone(), 1 << 20));
         outbox.begin();
-        let job = Job::new(
+        let conn = Arc::new(Conn::new(
+            1,
             ([127, 0, 0, 1], 5555).into(),
-            Bytes::from(data),
-            ranges,
-            replies,
+            codec,
             outbox.clone(),
-        );
+        ));
+        let job = Job::new(conn, Stage::Messages, Bytes::from(data), ranges, replies);
         (job, Pending { outbox, stats })
     }
 

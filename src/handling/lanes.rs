@@ -238,7 +238,7 @@ mod tests {
         assert!(lanes.claim().is_none(), "both lanes are taken");
         assert_eq!(lanes.busy(), 2);
         let peer: SocketAddr = "127.0.0.1:5000".parse().expect("an address"); // a literal address
-        let outbox = Arc::new(Outbox::new(None, false, Arc::default()));
+        let outbox = Arc::new(Outbox::new(None, false, Arc::default(), 1 << 20));
         a.serve(peer, Some(&outbox));
         assert_eq!(lanes.cut(), vec![peer]);
         drop(a);

@@ -7,9 +7,11 @@
 //! * [`bridge`]: jobs for an event loop in another thread.
 //! * [`reactor`]: an event loop's connections, served on its own thread.
 //! * [`job`]: the messages handed over, and the rules of their replies.
+//! * [`conn`]: a connection as a handler sees it: its client, pushes, state.
 //! * `outbox`: a connection's replies, on their way into its socket.
 
 pub mod bridge;
+pub mod conn;
 pub mod handler;
 pub mod job;
 pub(crate) mod lanes;
@@ -19,6 +21,7 @@ pub mod reactor;
 pub mod runner;
 
 pub use bridge::LoopBridge;
+pub use conn::Conn;
 pub use handler::Handler;
 pub use runner::RunOn;
 pub(crate) use runner::Runner;

@@ -1,18 +1,13 @@
-//! Where one connection's handler replies go: straight into its socket when
-//! the handler thread can put them there, back to the connection otherwise.
+//! The outbox: the one path by which bytes produced off the connection's
+//! task (handler replies, a session's pushes, broadcasts) leave it, in the
+//! order they were made.
 //!
-//! Handing every reply back to the connection's task would cost a wake-up
-//! (a system call and two context switches) per request on top of the one
-//! that brought the request in. So a handler thread writes the replies itself,
-//! without blocking, through a duplicate of the connection's descriptor, and
-//! wakes the connection only when it must act: replies the socket did not
-//! take at once, or a failure to report. The connection meanwhile goes back to
-//! reading, and before it hands over its next messages (or writes a `bye`, or
-//! closes) it waits for the job in flight to be *settled*, which keeps every
-//! reply in order.
-//!
-//! Under TLS the bytes must pass through the connection's TLS state, so
-//! every answer goes back to the connection.
+//! A handler thread writes replies itself, without blocking, through a
+//! duplicate of the connection's descriptor, and wakes the connection only
+//! when it must act: bytes the socket did not take, or a failure to report.
+//! Under TLS every byte goes back to the connection, which alone holds the
+//! TLS state. Unsent bytes are bounded (`max_pending`): past the bound the
+//! reader is too slow, and the connection closes.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -40,6 +35,9 @@ pub(crate) struct Outbox {
     settled: Notify,
     /// Told when the connection must act on what the pool left.
     needed: Notify,
+    /// The most unsent bytes a connection may have queued; past it, it is
+    /// closed as a slow reader.
+    max_pending: usize,
 }
 
 #[derive(Default)]
@@ -53,11 +51,16 @@ struct State {
     error: Option<Error>,
     /// When the last job was settled.
     finished: Option<Instant>,
+    /// The connection is writing bytes it took from `unwritten`: nothing
+    /// may overtake them.
+    writing: bool,
+    /// The session asked to close the connection, once what it sent is out.
+    ended: bool,
 }
 
 impl State {
     fn needs_connection(&self) -> bool {
-        !self.unwritten.is_empty() || self.error.is_some()
+        !self.unwritten.is_empty() || self.error.is_some() || self.ended
     }
 }
 
@@ -68,13 +71,31 @@ pub(crate) struct Delivered {
     pub unwritten: Vec<u8>,
     /// The failure that ended the last job, after `unwritten`.
     pub error: Option<Error>,
+    /// The session asked to close the connection, after `unwritten`.
+    pub ended: bool,
+}
+
+/// What became of bytes pushed to a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Queued or written.
+    Sent,
+    /// The connection is closing or gone.
+    Gone,
+    /// The connection was too far behind, and is now being closed.
+    TooSlow,
 }
 
 impl Outbox {
     /// An outbox over `socket` (a duplicate of the connection's
     /// descriptor): writing to it if `write_here`, handing everything back
     /// to the connection otherwise.
-    pub fn new(socket: Option<OwnedFd>, write_here: bool, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        socket: Option<OwnedFd>,
+        write_here: bool,
+        stats: Arc<Stats>,
+        max_pending: usize,
+    ) -> Self {
         Outbox {
             socket: socket.map(Socket::from),
             write_here,
@@ -82,6 +103,7 @@ impl Outbox {
             state: Mutex::default(),
             settled: Notify::new(),
             needed: Notify::new(),
+            max_pending,
         }
     }
 
@@ -110,27 +132,11 @@ impl Outbox {
         self.stats.answered(answered, out.len());
         self.stats.handled(took);
         let mut state = self.lock();
-        let mut written = 0;
-        if let Some(socket) = &self.socket
-            && self.write_here
-            && write
-            && !state.closed
-            && state.unwritten.is_empty()
-        {
-            while written < out.len() {
-                match socket.send(&out[written..]) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        // The connection will see the same on its next read;
-                        // report the first failure.
-                        state.error.get_or_insert(Error::Io(e));
-                        break;
-                    }
-                }
-            }
-        }
+        let written = if write {
+            self.send_now(&mut state, &out)
+        } else {
+            0
+        };
         state.unwritten.extend_from_slice(&out[written..]);
         if let Some(error) = error {
             state.error.get_or_insert(error);
@@ -145,12 +151,104 @@ impl Outbox {
         }
     }
 
-    /// Takes what happened since the last look.
+    /// Writes what the socket takes of `out` now, if this side may write
+    /// and nothing queued would be overtaken; returns how much.
+    fn send_now(&self, state: &mut State, out: &[u8]) -> usize {
+        let Some(socket) = &self.socket else {
+            return 0;
+        };
+        if !self.write_here || state.closed || state.writing || !state.unwritten.is_empty() {
+            return 0;
+        }
+        let mut written = 0;
+        while written < out.len() {
+            match socket.send(&out[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The connection will see the same on its next read;
+                    // report the first failure.
+                    state.error.get_or_insert(Error::Io(e));
+                    break;
+                }
+            }
+        }
+        written
+    }
+
+    /// Sends `bytes` (a whole encoded message) after everything sent
+    /// before, from any thread, without waiting: written at once when
+    /// `now` and the socket takes it, queued for the connection otherwise.
+    /// A connection whose queue would pass `max_pending` is closed instead.
+    pub fn push(&self, bytes: &[u8], now: bool) -> Pushed {
+        let mut state = self.lock();
+        if state.closed || state.ended || state.error.is_some() {
+            return Pushed::Gone;
+        }
+        // Counted before the peer can see it, as replies are.
+        self.stats.answered(1, bytes.len());
+        let written = if now {
+            self.send_now(&mut state, bytes)
+        } else {
+            0
+        };
+        let rest = &bytes[written..];
+        if rest.is_empty() {
+            return Pushed::Sent;
+        }
+        if state.unwritten.len() + rest.len() > self.max_pending {
+            let pending = state.unwritten.len() + rest.len();
+            state.error = Some(Error::SlowReader {
+                pending,
+                limit: self.max_pending,
+            });
+            drop(state);
+            // The connection may be waiting for the socket to take earlier
+            // bytes, for as long as the write timeout: end that wait now.
+            if let Some(socket) = &self.socket {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+            self.needed.notify_one();
+            return Pushed::TooSlow;
+        }
+        // The connection is told once, when its queue stops being empty: a
+        // broadcast to a busy connection costs a copy, not a wake-up.
+        let tell = state.unwritten.is_empty() && !state.writing;
+        state.unwritten.extend_from_slice(rest);
+        drop(state);
+        if tell {
+            self.needed.notify_one();
+        }
+        Pushed::Sent
+    }
+
+    /// Asks the connection to close once what was sent before is out.
+    pub fn end(&self) {
+        let mut state = self.lock();
+        if state.ended || state.closed {
+            return;
+        }
+        state.ended = true;
+        drop(state);
+        self.needed.notify_one();
+    }
+
+    /// Unsent bytes queued now.
+    pub fn pending(&self) -> usize {
+        self.lock().unwritten.len()
+    }
+
+    /// Takes what happened since the last look. Bytes taken are being
+    /// written: nothing pushed meanwhile overtakes them, until a take finds
+    /// the queue empty.
     pub fn take(&self) -> Delivered {
         let mut state = self.lock();
+        state.writing = !state.unwritten.is_empty();
         Delivered {
             unwritten: std::mem::take(&mut state.unwritten),
             error: state.error.take(),
+            ended: state.ended,
         }
     }
 
@@ -194,5 +292,57 @@ impl Outbox {
             // Already gone is as good as closed.
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(max_pending: usize) -> Outbox {
+        // No socket: everything is handed back, as under TLS.
+        Outbox::new(None, false, Arc::default(), max_pending)
+    }
+
+    #[test]
+    fn pushes_queue_in_order_and_wake_the_connection_once() {
+        let outbox = outbox(1024);
+        assert_eq!(outbox.push(b"one ", true), Pushed::Sent);
+        assert_eq!(outbox.push(b"two", false), Pushed::Sent);
+        assert_eq!(outbox.pending(), 7);
+        let taken = outbox.take();
+        assert_eq!(taken.unwritten, b"one two");
+        // Pushed while the connection writes what it took: queued behind it.
+        assert_eq!(outbox.push(b"three", true), Pushed::Sent);
+        assert_eq!(outbox.take().unwritten, b"three");
+        assert!(outbox.take().unwritten.is_empty());
+    }
+
+    #[test]
+    fn a_reader_past_the_bound_is_cut_off_and_takes_nothing_more() {
+        let outbox = outbox(8);
+        assert_eq!(outbox.push(b"12345", false), Pushed::Sent);
+        assert_eq!(outbox.push(b"6789", false), Pushed::TooSlow);
+        assert_eq!(outbox.push(b"x", false), Pushed::Gone);
+        let taken = outbox.take();
+        assert_eq!(taken.unwritten, b"12345", "what fitted still goes out");
+        assert!(matches!(
+            taken.error,
+            Some(Error::SlowReader {
+                pending: 9,
+                limit: 8
+            })
+        ));
+    }
+
+    #[test]
+    fn an_ended_or_closed_connection_takes_no_pushes() {
+        let outbox = outbox(1024);
+        outbox.end();
+        assert_eq!(outbox.push(b"late", false), Pushed::Gone);
+        assert!(outbox.take().ended);
+        let closed = self::outbox(1024);
+        closed.close();
+        assert_eq!(closed.push(b"late", true), Pushed::Gone);
     }
 }

@@ -21,7 +21,7 @@ use log::{debug, warn};
 
 use crate::error::Error;
 use crate::handling::handler::{Detach, Handler};
-use crate::handling::job::Job;
+use crate::handling::job::{Job, Stage};
 use crate::handling::lanes::{CallClock, CallCost, Claim, Lanes};
 use crate::stats::Load;
 
@@ -144,6 +144,11 @@ impl Pool {
     /// At most `max_threads` threads at once running `handler`, on a server
     /// with `network_threads` network threads: all but one of those may
     /// answer on the spot, within the `max_threads`.
+    /// Does the handler hold a session per connection?
+    pub fn is_session(&self) -> bool {
+        self.inner.handler.is_session()
+    }
+
     pub fn new(handler: Arc<dyn Handler>, max_threads: usize, network_threads: usize) -> Self {
         let max_threads = max_threads.max(1);
         let lanes = network_threads.saturating_sub(1).min(max_threads - 1);
@@ -517,10 +522,23 @@ impl Inner {
     /// Runs the handler on every message of `job`, stopping at the first
     /// failure.
     fn answer(&self, job: &mut Job, clock: &CallClock) {
+        match job.stage() {
+            Stage::Messages => {}
+            Stage::Open => {
+                if let Err(e) = self.timed(clock, || self.handler.opened(job.conn())) {
+                    job.fail(Error::Handler(e));
+                }
+                return;
+            }
+            Stage::Close => return self.timed(clock, || self.handler.closed(job.conn())),
+        }
+        // As `work` decides for a job's replies: with a backlog, the network
+        // threads write, while this thread goes on to the next job.
+        job.write_now(self.waiting.load(Relaxed) == 0);
         while let Some(message) = job.next() {
             let started = self.now();
             clock.start(started);
-            let reply = self.handler.reply(job.peer(), message);
+            let reply = self.handler.reply(job.conn(), message);
             clock.stop();
             self.cost.record(self.now().saturating_sub(started));
             let go_on = match reply {
@@ -531,6 +549,16 @@ impl Inner {
                 break;
             }
         }
+    }
+
+    /// Runs `call`, a handler hook, on `clock` like a reply.
+    fn timed<T>(&self, clock: &CallClock, call: impl FnOnce() -> T) -> T {
+        let started = self.now();
+        clock.start(started);
+        let result = call();
+        clock.stop();
+        self.cost.record(self.now().saturating_sub(started));
+        result
     }
 
     /// Nanoseconds since the epoch: what call clocks count in.

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::handling::bridge::LoopBridge;
+use crate::handling::conn::Conn;
 use crate::handling::handler::Handler;
-use crate::handling::job::{Job, Replies};
-use crate::handling::outbox::Outbox;
+use crate::handling::job::{Job, Replies, Stage};
 use crate::handling::pool::Pool;
 use crate::handling::reactor::Reactor;
 use crate::protocol::Codec;
@@ -64,22 +64,29 @@ impl Runner {
             RunOn::Pool(handler) => Kind::Pool(Pool::new(handler, max_threads, network_threads)),
             RunOn::Loop(bridge) => Kind::Loop(bridge),
         };
+        let session = match &kind {
+            Kind::Pool(pool) => pool.is_session(),
+            Kind::Loop(bridge) => bridge.is_session(),
+        };
         Runner {
-            replies: Arc::new(Replies { codec, prefix }),
+            replies: Arc::new(Replies {
+                codec,
+                prefix,
+                session,
+            }),
             kind,
         }
     }
 
-    /// Hands over `messages` (ranges of `data`) from `peer`; the replies go
-    /// to `outbox`, which the caller has marked as having a job in flight.
-    pub fn submit(
-        &self,
-        peer: SocketAddr,
-        data: Bytes,
-        messages: Vec<Range<usize>>,
-        outbox: Arc<Outbox>,
-    ) {
-        let job = Job::new(peer, data, messages, self.replies.clone(), outbox);
+    /// Does the handler hold a session per connection?
+    pub fn is_session(&self) -> bool {
+        self.replies.session
+    }
+
+    /// Hands over `messages` (ranges of `data`) from `conn`, at `stage`;
+    /// the caller has marked its outbox as having a job in flight.
+    pub fn submit(&self, conn: Arc<Conn>, stage: Stage, data: Bytes, messages: Vec<Range<usize>>) {
+        let job = Job::new(conn, stage, data, messages, self.replies.clone());
         match &self.kind {
             Kind::Pool(pool) => pool.submit(job),
             Kind::Loop(bridge) => bridge.submit(job),

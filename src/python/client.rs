@@ -10,8 +10,8 @@ use std::sync::{Mutex, PoisonError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use super::convert::{Message, address, client_tls, parse_protocol, seconds};
-use super::errors::blocking;
+use super::convert::{Message, address, client_tls, decode_text, parse_protocol, seconds};
+use super::errors::{ServerClosedError, blocking};
 use crate::clients;
 use crate::error::Error;
 use crate::protocol;
@@ -112,6 +112,20 @@ impl Client {
             .take();
         if let Some(client) = client {
             py.detach(|| client.close());
+        }
+    }
+
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    /// The next message the server sends, as `str`, until it closes the
+    /// connection; waits at most `timeout` for each (`TimeoutError`).
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.with_client(py, |client, interrupt| client.receive(interrupt)) {
+            Ok(message) => decode_text(py, &message).map(Some),
+            Err(e) if e.is_instance_of::<ServerClosedError>(py) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

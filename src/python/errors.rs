@@ -100,6 +100,10 @@ pub(super) fn to_py(py: Python<'_>, err: Error, interrupted: Option<PyErr>) -> P
         Error::NotTls(_) => TLSError::new_err((1, err.to_string())),
         Error::Certificate(_) | Error::InvalidArgument(_) => PyValueError::new_err(err.to_string()),
         Error::Handler(_) => PyRuntimeError::new_err(err.to_string()),
+        Error::SlowReader { .. } => match errno(py, "ENOBUFS") {
+            Ok(code) => PyOSError::new_err((code, err.to_string())),
+            Err(e) => e,
+        },
         Error::Interrupted => interrupted.unwrap_or_else(|| PyKeyboardInterrupt::new_err(())),
     }
 }

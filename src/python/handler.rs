@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 
 use super::convert::{address, decode_text, encode_text};
 use crate::address::py_address;
+use crate::handling::conn::Conn;
 use crate::handling::handler::{Detach, Handler};
 
 /// A Python callable `str -> str | bytes | None`, or `(str, (host, port))
@@ -37,17 +38,30 @@ impl Detach for Released<'_> {
     }
 }
 
+/// Runs a handler thread's life attached to the interpreter, detached only
+/// while it waits for work.
+pub(super) fn enter_attached(thread: &mut dyn FnMut(&dyn Detach)) {
+    Python::attach(|py| thread(&Released(py)));
+}
+
+/// Runs a network thread's calls attached, with a thread state kept for
+/// the thread's life.
+pub(super) fn call_attached(calls: &mut dyn FnMut()) {
+    keep_thread_state();
+    Python::attach(|_| calls());
+}
+
 impl Handler for PyHandler {
     fn enter(&self, thread: &mut dyn FnMut(&dyn Detach)) {
-        Python::attach(|py| thread(&Released(py)));
+        enter_attached(thread);
     }
 
     fn call_here(&self, calls: &mut dyn FnMut()) {
-        keep_thread_state();
-        Python::attach(|_| calls());
+        call_attached(calls);
     }
 
-    fn reply(&self, peer: SocketAddr, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    fn reply(&self, conn: &Conn, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let peer = conn.peer();
         // Already attached on a handler thread: this only counts the nesting.
         Python::attach(|py| {
             self.call(py, peer, message)

@@ -16,11 +16,14 @@ use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
 use std::net::SocketAddr;
 
+use super::convert::decode_text;
 use super::convert::{address, encode_text};
 use super::handler::{call_handler, log_failure, wants_peer};
+use super::session::{Connection, log_hook_failure};
 use crate::error::Error;
 use crate::handling::bridge::LoopBridge;
-use crate::handling::job::Job;
+use crate::handling::conn::Conn;
+use crate::handling::job::{Job, Stage};
 
 /// How many batches one wake-up answers before it lets the loop run its
 /// other callbacks and tasks (the rest wake it again at once).
@@ -54,6 +57,11 @@ pub(super) struct LoopHandler {
     /// Called once the server has finished serving.
     finished: Py<PyAny>,
     coroutine: Py<PyType>,
+    /// `handler` opens a session per connection: called with the
+    /// [`Connection`], it returns the object that takes the connection's
+    /// messages (`_feed(messages, job)`, settling `job` once they are taken)
+    /// and its end (`_end()`).
+    session: bool,
 }
 
 /// What one call of the handler gave.
@@ -72,16 +80,19 @@ enum Called<'py> {
 #[pymethods]
 impl LoopHandler {
     #[new]
+    #[pyo3(signature = (handler, follow, finished, session = false))]
     fn new(
         py: Python<'_>,
         handler: Py<PyAny>,
         follow: Py<PyAny>,
         finished: Py<PyAny>,
+        session: bool,
     ) -> PyResult<Self> {
         if !handler.bind(py).is_callable() {
             return Err(PyTypeError::new_err("handler must be callable"));
         }
-        let bridge = LoopBridge::new().map_err(|e| super::errors::to_py(py, e.into(), None))?;
+        let bridge =
+            LoopBridge::new(session).map_err(|e| super::errors::to_py(py, e.into(), None))?;
         // Made on the loop's thread: a stop asked from it only asks.
         bridge.claim();
         Ok(LoopHandler {
@@ -95,6 +106,7 @@ impl LoopHandler {
                 .getattr("CoroutineType")?
                 .cast_into::<PyType>()?
                 .unbind(),
+            session,
         })
     }
 
@@ -141,6 +153,9 @@ impl LoopHandler {
     /// to be settled), or one suspends (and a Task goes on with it).
     fn advance(&self, slf: &Bound<'_, Self>, mut job: Job) -> Option<Job> {
         let py = slf.py();
+        if self.session {
+            return self.converse(slf, job);
+        }
         while let Some(message) = job.next() {
             let go_on = match self.call(py, job.peer(), message) {
                 Ok(Called::Reply(reply)) => job.answer(Ok(reply.as_deref())),
@@ -162,6 +177,63 @@ impl LoopHandler {
             }
         }
         Some(job)
+    }
+
+    /// Hands a session's job to its connection's object: opens it, feeds it
+    /// the messages (the job is settled once it has taken them all, so a
+    /// session that falls behind stops its connection reading), or ends it.
+    fn converse(&self, slf: &Bound<'_, Self>, mut job: Job) -> Option<Job> {
+        let py = slf.py();
+        let conn = job.conn().clone();
+        let state = || {
+            conn.state::<Py<PyAny>>()
+                .map(|state| state.bind(py).clone())
+                .ok_or_else(|| PyTypeError::new_err("the connection has no session"))
+        };
+        let (hook, done) = match job.stage() {
+            Stage::Open => ("connected", self.open(py, &conn)),
+            Stage::Close => ("closed", state().and_then(|s| s.call_method0("_end"))),
+            Stage::Messages => {
+                let messages: PyResult<Vec<_>> =
+                    job.messages().map(|m| decode_text(py, m)).collect();
+                let messages = match messages {
+                    Ok(messages) => messages,
+                    Err(e) => {
+                        let failed = log_hook_failure(py, "received", conn.peer(), e);
+                        job.answer(Err(failed));
+                        return Some(job);
+                    }
+                };
+                let fed = state().and_then(|state| {
+                    let pending = Py::new(
+                        py,
+                        PendingJob {
+                            job: Some(job),
+                            owner: slf.clone().unbind(),
+                        },
+                    )?;
+                    state.call_method1(intern!(py, "_feed"), (messages, pending))
+                });
+                // The job went with `_feed`; if that failed, it is settled as
+                // failed when dropped, and its connection closes.
+                if let Err(e) = fed {
+                    log_hook_failure(py, "received", conn.peer(), e);
+                }
+                return None;
+            }
+        };
+        if let Err(e) = done {
+            let failed = log_hook_failure(py, hook, conn.peer(), e);
+            job.fail(Error::Handler(failed));
+        }
+        Some(job)
+    }
+
+    /// Opens a session: the handler makes the connection's object.
+    fn open<'py>(&self, py: Python<'py>, conn: &Arc<Conn>) -> PyResult<Bound<'py, PyAny>> {
+        let state = self.handler.bind(py).call1((Connection::new(conn),))?;
+        conn.set_state(Box::new(state.clone().unbind()));
+        Ok(state)
     }
 
     /// Calls the handler with `message` and starts what it returns.
@@ -286,6 +358,16 @@ impl PendingJob {
         if let Some(mut job) = self.job.take() {
             let failed = log_failure(py, job.peer(), PyErr::from_value(error));
             job.answer(Err(failed));
+            job.settle(true);
+        }
+    }
+
+    /// A session took every message of the job: the connection reads on.
+    fn done(&mut self) {
+        if let Some(mut job) = self.job.take() {
+            while job.next().is_some() {
+                job.answer(Ok(None));
+            }
             job.settle(true);
         }
     }

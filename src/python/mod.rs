@@ -9,6 +9,8 @@
 //! * `handler`: a Python callable as the reply handler, on threads that stay
 //!   attached to the interpreter;
 //! * `server`, `client`: the `Server` and `Client` classes;
+//! * `session`: a `sockdemo.Session` per connection, and the `Connection`
+//!   it sends through;
 //! * `loop_handler`, `loop_client`: what `sockdemo.aio` builds on: a
 //!   handler run on an asyncio loop, and a client the loop drives;
 //! * `bench`, `cert`: the load generator, development certificates.
@@ -25,6 +27,7 @@ mod handler;
 mod loop_client;
 mod loop_handler;
 mod server;
+mod session;
 
 use pyo3::prelude::*;
 
@@ -45,6 +48,7 @@ fn _sockdemo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add_class::<server::Server>()?;
     m.add_class::<client::Client>()?;
+    m.add_class::<session::Connection>()?;
     m.add_class::<loop_handler::LoopHandler>()?;
     m.add_class::<loop_handler::PendingJob>()?;
     m.add_class::<loop_client::LoopClient>()?;
@@ -64,6 +68,10 @@ fn _sockdemo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add(
         "DEFAULT_MAX_BUFFERED_BYTES",
         config::DEFAULT_MAX_BUFFERED_BYTES,
+    )?;
+    m.add(
+        "DEFAULT_MAX_PENDING_BYTES",
+        config::DEFAULT_MAX_PENDING_BYTES,
     )?;
     // Durations as Python spells them: float seconds.
     for (name, duration) in [

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple, PyType};
 
-use super::convert::{address, parse_protocol, seconds};
+use super::convert::{Message, address, parse_protocol, seconds};
 use super::errors::to_py;
 use super::handler::PyHandler;
 use super::loop_handler::LoopHandler;
+use super::session::PySession;
 use crate::handling::runner::RunOn;
 use crate::protocol;
 use crate::serve::config::{self, Config, Mode, ProxyPolicy};
@@ -39,9 +40,11 @@ pub(super) static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
 /// thread that read the message); `None` keeps the echo.
 /// Use `serve_forever()` to serve on this thread (Ctrl+C stops it), or
 /// `start()` to serve in the background and `shutdown()` to stop.
-#[pyclass(frozen, module = "sockdemo")]
+#[pyclass(frozen, weakref, module = "sockdemo")]
 pub(super) struct Server {
     inner: Arc<server::Server>,
+    /// The sessions it runs, if it runs any (`session=`).
+    sessions: Option<Arc<PySession>>,
 }
 
 #[pymethods]
@@ -59,12 +62,13 @@ impl Server {
         shutdown_timeout = config::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64(),
         evict_idle_after = Some(config::DEFAULT_EVICT_IDLE_AFTER.as_secs_f64()),
         max_buffered_bytes = config::DEFAULT_MAX_BUFFERED_BYTES, proxy_protocol = false,
-        proxy_allow = None, reuse_port = false
+        proxy_allow = None, reuse_port = false, session = None,
+        max_pending_bytes = config::DEFAULT_MAX_PENDING_BYTES
     ))]
     // Spelled out so that help() shows the defaults (the constants' values;
     // a test checks they agree) instead of "...".
     #[pyo3(
-        text_signature = "(host='127.0.0.1', port=0, max_clients=100, protocol='raw', reply_prefix='Server received: ', idle_timeout=None, certfile=None, keyfile=None, handler=None, *, buffer_size=1024, max_message_size=1048576, message_timeout=30.0, write_timeout=30.0, handler_threads=None, shutdown_timeout=5.0, evict_idle_after=10.0, max_buffered_bytes=67108864, proxy_protocol=False, proxy_allow=None, reuse_port=False)"
+        text_signature = "(host='127.0.0.1', port=0, max_clients=100, protocol='raw', reply_prefix='Server received: ', idle_timeout=None, certfile=None, keyfile=None, handler=None, *, buffer_size=1024, max_message_size=1048576, message_timeout=30.0, write_timeout=30.0, handler_threads=None, shutdown_timeout=5.0, evict_idle_after=10.0, max_buffered_bytes=67108864, proxy_protocol=False, proxy_allow=None, reuse_port=False, session=None, max_pending_bytes=1048576)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -89,6 +93,8 @@ impl Server {
         proxy_protocol: bool,
         proxy_allow: Option<Vec<String>>,
         reuse_port: bool,
+        session: Option<Py<PyAny>>,
+        max_pending_bytes: usize,
     ) -> PyResult<Self> {
         if let Some(reset) = LOG_RESET.get() {
             reset.reset();
@@ -118,14 +124,33 @@ impl Server {
                 .unwrap_or_default(),
             proxy: proxy_policy(proxy_protocol, proxy_allow)?,
             reuse_port,
+            max_pending_bytes,
             ..Config::default()
         };
-        let handler = handler.map(|h| handling(py, h)).transpose()?;
+        if max_pending_bytes == 0 {
+            return Err(PyValueError::new_err(
+                "max_pending_bytes must be at least 1",
+            ));
+        }
+        let (run_on, sessions) = match (handler, session) {
+            (Some(_), Some(_)) => {
+                return Err(PyValueError::new_err(
+                    "give a handler or a session, not both",
+                ));
+            }
+            (Some(handler), None) => (Some(handling(py, handler)?), None),
+            (None, Some(session)) => {
+                let sessions = session_class(py, session)?;
+                (Some(RunOn::Pool(sessions.clone())), Some(sessions))
+            }
+            (None, None) => (None, None),
+        };
         let inner = py
-            .detach(|| server::Server::bind(&host, port, config, handler))
+            .detach(|| server::Server::bind(&host, port, config, run_on))
             .map_err(|e| to_py(py, e, None))?;
         Ok(Server {
             inner: Arc::new(inner),
+            sessions,
         })
     }
 
@@ -149,22 +174,43 @@ impl Server {
 
     /// Serves until `shutdown()` from another thread, or Ctrl+C, which
     /// drains gracefully and then raises `KeyboardInterrupt`.
-    fn serve_forever(&self, py: Python<'_>) -> PyResult<()> {
-        self.start_in(py, Mode::Forever)?;
-        self.wait(py)
+    fn serve_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        this.start_in(slf, Mode::Forever)?;
+        this.wait(slf.py())
     }
 
     /// Serves one client, then returns; closes it after `max_messages`
     /// messages if given (the original `server.py`).
     #[pyo3(signature = (max_messages = None))]
-    fn handle_request(&self, py: Python<'_>, max_messages: Option<u64>) -> PyResult<()> {
-        self.start_in(py, Mode::Once { max_messages })?;
-        self.wait(py)
+    fn handle_request(slf: &Bound<'_, Self>, max_messages: Option<u64>) -> PyResult<()> {
+        let this = slf.get();
+        this.start_in(slf, Mode::Once { max_messages })?;
+        this.wait(slf.py())
     }
 
     /// Starts serving on background threads and returns at once.
-    fn start(&self, py: Python<'_>) -> PyResult<()> {
-        self.start_in(py, Mode::Forever)
+    fn start(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().start_in(slf, Mode::Forever)
+    }
+
+    /// Sends `message` (`str` or `bytes`) to every connection of a session
+    /// server but `exclude` (a session, a connection, or its `id`), without
+    /// waiting for any: encoded once and queued in Rust. Returns how many
+    /// connections took it. A connection too far behind is closed rather
+    /// than waited for.
+    #[pyo3(signature = (message, exclude = None))]
+    fn broadcast(
+        &self,
+        py: Python<'_>,
+        message: &Bound<'_, PyAny>,
+        exclude: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        let message = Message::extract(message)?;
+        let exclude = exclude.map(connection_id).transpose()?;
+        self.inner
+            .broadcast(message.bytes(), exclude)
+            .map_err(|e| to_py(py, e, None))
     }
 
     /// Stops accepting, lets replies in flight go out (waiting for running
@@ -228,7 +274,11 @@ impl Server {
 }
 
 impl Server {
-    fn start_in(&self, py: Python<'_>, mode: Mode) -> PyResult<()> {
+    fn start_in(&self, slf: &Bound<'_, Self>, mode: Mode) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(sessions) = &self.sessions {
+            sessions.serve_for(slf.as_any())?;
+        }
         self.inner.start(mode).map_err(|e| to_py(py, e, None))?;
         let mut servers = SERVERS.lock().unwrap_or_else(PoisonError::into_inner);
         servers.retain(|s| s.strong_count() > 0);
@@ -299,6 +349,36 @@ fn handling(py: Python<'_>, handler: Py<PyAny>) -> PyResult<RunOn> {
         return Err(PyTypeError::new_err("handler must be callable"));
     }
     Ok(RunOn::Pool(Arc::new(PyHandler::new(py, handler.unbind()))))
+}
+
+/// The sessions a `session=` class runs: a subclass of `sockdemo.Session`.
+fn session_class(py: Python<'_>, session: Py<PyAny>) -> PyResult<Arc<PySession>> {
+    let session = session.into_bound(py);
+    let base = py.import("sockdemo.session")?.getattr("Session")?;
+    let is_class = session
+        .cast::<PyType>()
+        .is_ok_and(|class| class.is_subclass(&base).unwrap_or(false));
+    if !is_class {
+        return Err(PyTypeError::new_err(format!(
+            "session must be a subclass of sockdemo.Session (an async def session needs \
+             sockdemo.aio.start_server), not {}",
+            session.repr()?
+        )));
+    }
+    Ok(Arc::new(PySession::new(session.unbind())))
+}
+
+/// The connection `exclude` names: a session, a connection, or an id.
+fn connection_id(exclude: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if let Ok(id) = exclude.extract::<u64>() {
+        return Ok(id);
+    }
+    exclude
+        .getattr(pyo3::intern!(exclude.py(), "id"))
+        .and_then(|id| id.extract())
+        .map_err(|_| {
+            PyTypeError::new_err("exclude must be a session, a connection or a connection id")
+        })
 }
 
 /// Stops every server still running; registered with `atexit`.

@@ -18,6 +18,8 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// How long a connection must have been idle before a full server closes
 /// it for a waiting client, by default.
 pub const DEFAULT_EVICT_IDLE_AFTER: Duration = Duration::from_secs(10);
+/// Unsent bytes one connection may have queued, by default.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 1 << 20;
 /// The time a started message (or handshake) has to arrive whole, by default.
 pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The time a reply has to be written, by default.
@@ -50,6 +52,10 @@ pub struct Config {
     /// reading until memory frees: a thousand peers each sending most of a
     /// large frame cannot take a gigabyte.
     pub max_buffered_bytes: usize,
+    /// Bytes sent to one connection that its client has not read yet, queued
+    /// in the server (default 1 MiB). Past it, the client reads too slowly
+    /// for what it is sent, and its connection is closed.
+    pub max_pending_bytes: usize,
     /// Once a message (or a TLS handshake) has started, the rest must arrive
     /// within this time (default 30 s).
     pub message_timeout: Option<Duration>,
@@ -91,6 +97,7 @@ impl Default for Config {
             idle_timeout: None,
             evict_idle_after: Some(DEFAULT_EVICT_IDLE_AFTER),
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             message_timeout: Some(DEFAULT_MESSAGE_TIMEOUT),
             write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             backlog: 1024,

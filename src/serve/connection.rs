@@ -14,16 +14,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use log::{Level, debug, info, log, warn};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
+use super::hub::Hub;
 use super::proxy;
 use super::transport::{self, Transport, until};
 use crate::address::py_address;
 use crate::error::{Error, Result};
+use crate::handling::conn::Conn;
+use crate::handling::job::Stage;
 use crate::handling::outbox::{Delivered, Outbox};
 use crate::handling::runner::Runner;
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Reply, is_bye};
@@ -55,6 +58,8 @@ pub(crate) struct Shared {
     pub runner: Option<Runner>,
     /// Which connections are idle, for making room when the server is full.
     pub idle: Registry,
+    /// The open connections of a session server, for broadcasts.
+    pub hub: Hub,
     /// The bytes half-received messages may hold, server-wide, as permits.
     pub buffered: Arc<Semaphore>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -87,6 +92,8 @@ enum End {
     Idle,
     /// Closed while idle, to make room for a waiting client.
     Evicted,
+    /// The server's session closed it.
+    Session,
 }
 
 impl End {
@@ -99,6 +106,7 @@ impl End {
             End::Limit => Closed::Limit,
             End::Idle => Closed::Idle,
             End::Evicted => Closed::Evicted,
+            End::Session => Closed::Session,
         }
     }
 }
@@ -156,7 +164,9 @@ pub(crate) async fn serve<S: Socket>(
                 // Asked once per connection, not per message: the answer
                 // may involve the Python logging configuration.
                 log_messages: log::log_enabled!(shared.message_level),
-                outbox: None,
+                conn: None,
+                opened: false,
+                ended: false,
                 registered: &registered,
             };
             let result = conn.run().await;
@@ -186,6 +196,7 @@ pub(crate) async fn serve<S: Socket>(
             "Closing connection with {name}: idle for {:?}.",
             shared.config.idle_timeout.unwrap_or_default()
         ),
+        Ok(End::Session) => debug!("Closing connection with {name}: the session closed it."),
         Ok(End::Closed) => {}
         Err(Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
             warn!("Connection with {name} was reset by the client.")
@@ -223,8 +234,13 @@ struct Connection<'a, S> {
     session: Session,
     shutdown: &'a CancellationToken,
     log_messages: bool,
-    /// Where the handler's replies go; made at the first job.
-    outbox: Option<Arc<Outbox>>,
+    /// The connection as its handler sees it, with the outbox its replies
+    /// and pushes go through; made at the first job (at once for a session).
+    conn: Option<Arc<Conn>>,
+    /// The session's `opened` hook has run without failing.
+    opened: bool,
+    /// The session asked to close the connection.
+    ended: bool,
     /// This connection's idleness, as a full server sees it.
     registered: &'a Registered<'a>,
 }
@@ -262,7 +278,13 @@ impl<S: Socket> Connection<'_, S> {
         let mut budget: Option<OwnedSemaphorePermit> = None;
         // Has the client sent anything yet?
         let mut heard = false;
+        if let Some(runner) = shared.runner.as_ref().filter(|r| r.is_session()) {
+            self.open_session(runner).await?;
+        }
         loop {
+            if self.ended {
+                return Ok(End::Session);
+            }
             let allowance = self.session.max_messages.map(|max| max - answered);
             let batch = match &shared.runner {
                 None => self.echo(&mut inbuf, allowance).await?,
@@ -309,7 +331,7 @@ impl<S: Socket> Connection<'_, S> {
                 (inbuf.len() + batch.needed).next_power_of_two().min(cap)
             });
             let woken = {
-                let outbox = self.outbox.clone();
+                let outbox = self.outbox().cloned();
                 let needed = async {
                     match &outbox {
                         Some(outbox) => outbox.needed().await,
@@ -361,7 +383,7 @@ impl<S: Socket> Connection<'_, S> {
                     });
                 }
                 Woken::Outbox => {
-                    let delivered = self.outbox.as_ref().map(|o| o.take()).unwrap_or_default();
+                    let delivered = self.outbox().map(|o| o.take()).unwrap_or_default();
                     self.absorb(delivered).await?;
                     continue;
                 }
@@ -375,8 +397,7 @@ impl<S: Socket> Connection<'_, S> {
                 Woken::Read(None)
                     if message_deadline.is_none()
                         && self
-                            .outbox
-                            .as_ref()
+                            .outbox()
                             .is_some_and(|o| o.busy_since(armed.into_std())) =>
                 {
                     continue;
@@ -490,7 +511,8 @@ impl<S: Socket> Connection<'_, S> {
             cut += frame.consumed();
             let message = &inbuf[payload.clone()];
             self.log_message(message);
-            if is_bye(message) {
+            // A session owns its protocol: `bye` is a message like any other.
+            if !runner.is_session() && is_bye(message) {
                 bye = true;
                 break;
             }
@@ -501,9 +523,9 @@ impl<S: Socket> Connection<'_, S> {
         if !messages.is_empty() {
             // One job in flight per connection: replies stay in order.
             self.settle().await?;
-            let outbox = self.outbox();
-            outbox.begin();
-            runner.submit(self.addr, data, messages, outbox);
+            let conn = self.conn();
+            conn.outbox().begin();
+            runner.submit(conn, Stage::Messages, data, messages);
         }
         if bye || refused.is_some() || batch.end.is_some() {
             // What ends the session goes out after every reply owed.
@@ -523,12 +545,14 @@ impl<S: Socket> Connection<'_, S> {
         Ok(batch)
     }
 
-    /// The connection's outbox, made at its first job. Over plain TCP it
-    /// holds a duplicate of the socket's descriptor, for handler threads to
-    /// write replies without waking this task.
-    fn outbox(&mut self) -> Arc<Outbox> {
+    /// The connection as its handler sees it, made at its first job. Its
+    /// outbox, over plain TCP, holds a duplicate of the socket's descriptor,
+    /// for other threads to write replies without waking this task.
+    fn conn(&mut self) -> Arc<Conn> {
         let transport = &self.transport;
-        self.outbox
+        let shared = self.shared;
+        let addr = self.addr;
+        self.conn
             .get_or_insert_with(|| {
                 let (socket, write_here) = match transport {
                     Transport::Plain(stream) => (stream.as_fd().try_clone_to_owned().ok(), true),
@@ -536,16 +560,60 @@ impl<S: Socket> Connection<'_, S> {
                         (stream.get_ref().0.as_fd().try_clone_to_owned().ok(), false)
                     }
                 };
-                Arc::new(Outbox::new(socket, write_here, self.shared.stats.clone()))
+                let outbox = Outbox::new(
+                    socket,
+                    write_here,
+                    shared.stats.clone(),
+                    shared.config.max_pending_bytes,
+                );
+                let id = shared.hub.next_id();
+                Arc::new(Conn::new(id, addr, shared.codec, Arc::new(outbox)))
             })
             .clone()
+    }
+
+    /// The outbox, once the connection has one.
+    fn outbox(&self) -> Option<&Arc<Outbox>> {
+        self.conn.as_ref().map(|conn| conn.outbox())
+    }
+
+    /// Opens the session: the connection joins the hub, and its `opened`
+    /// hook runs before any message is handed over.
+    async fn open_session(&mut self, runner: &Runner) -> Result<()> {
+        let conn = self.conn();
+        self.shared.hub.join(conn.clone());
+        conn.outbox().begin();
+        runner.submit(conn, Stage::Open, Bytes::new(), Vec::new());
+        self.settle().await?;
+        self.opened = true;
+        Ok(())
+    }
+
+    /// Closes the session: the connection leaves the hub, takes no more
+    /// pushes, and its `closed` hook runs, after every message's.
+    async fn close_session(&mut self) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        self.shared.hub.leave(conn.id());
+        let Some(runner) = self.shared.runner.as_ref().filter(|_| self.opened) else {
+            return;
+        };
+        // A job still in flight (one that failed, or met a shutdown) is
+        // settled first: the hook runs after every message's.
+        let _ = self.settle().await;
+        conn.outbox().close();
+        conn.outbox().begin();
+        runner.submit(conn, Stage::Close, Bytes::new(), Vec::new());
+        // Bounded like any wait for a handler once shutdown is asked.
+        let _ = self.settle().await;
     }
 
     /// Waits for the job in flight, if any, to be settled, and writes what
     /// the pool left; once shutdown is asked, waits at most the shutdown
     /// timeout more.
     async fn settle(&mut self) -> Result<()> {
-        let Some(outbox) = self.outbox.clone() else {
+        let Some(outbox) = self.outbox().cloned() else {
             return Ok(());
         };
         let delivered = tokio::select! {
@@ -573,8 +641,29 @@ impl<S: Socket> Connection<'_, S> {
     /// to say it.
     async fn absorb(&mut self, delivered: Delivered) -> Result<()> {
         // The outbox has counted these replies already.
-        let Delivered { unwritten, error } = delivered;
-        let written = self.write(&unwritten).await;
+        let Delivered {
+            mut unwritten,
+            mut error,
+            ended,
+        } = delivered;
+        self.ended |= ended;
+        let written = loop {
+            if let Err(e) = self.write(&unwritten).await {
+                // A slow reader cut off mid-write: that is the reason to give.
+                let cut = self.outbox().and_then(|o| o.take().error);
+                break Err(cut.unwrap_or(e));
+            }
+            if unwritten.is_empty() {
+                break Ok(());
+            }
+            // Pushed while this was being written: it goes next, in order.
+            let Some(more) = self.outbox().map(|o| o.take()) else {
+                break Ok(());
+            };
+            unwritten = more.unwritten;
+            error = error.or(more.error);
+            self.ended |= more.ended;
+        };
         match error {
             None => written,
             Some(error @ Error::MessageTooLarge { .. }) => {
@@ -665,7 +754,8 @@ impl<S: Socket> Connection<'_, S> {
     }
 
     async fn close(&mut self) {
-        if let Some(outbox) = &self.outbox {
+        self.close_session().await;
+        if let Some(outbox) = self.outbox() {
             outbox.close();
         }
         // A peer that has gone already makes this fail; there is nothing to add.

@@ -6,12 +6,14 @@
 //! * `connection`: one client's session: buffers, timeouts, replies.
 //! * `transport`: a connection's byte stream, plain or TLS.
 //! * `eviction`: which connections are idle, so a full server can make room.
+//! * `hub`: a session server's open connections, for broadcasts.
 //! * [`proxy`]: the PROXY protocol header a load balancer puts first.
 
 pub mod config;
 pub(crate) mod connection;
 mod engine;
 mod eviction;
+mod hub;
 pub mod proxy;
 pub mod server;
 mod transport;

@@ -18,6 +18,7 @@ use super::config::{Config, Mode};
 use super::connection::Shared;
 use super::engine::{bind, network_threads, run};
 use super::eviction::Registry;
+use super::hub::Hub;
 use crate::error::{Error, Result};
 use crate::handling::{RunOn, Runner};
 use crate::protocol::Codec;
@@ -77,6 +78,7 @@ impl Server {
             codec,
             stats: Arc::default(),
             idle: Registry::new(),
+            hub: Hub::default(),
             buffered: Arc::new(Semaphore::new(
                 config.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
             )),
@@ -108,6 +110,20 @@ impl Server {
     /// The configuration the server was bound with.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// Sends `message` to every open connection of a session server but
+    /// the one numbered `exclude`, without waiting for any; returns how
+    /// many took it (none when the server holds no sessions).
+    ///
+    /// # Errors
+    ///
+    /// A message the protocol cannot carry: an empty raw message, a framed
+    /// one over the size limit.
+    pub fn broadcast(&self, message: &[u8], exclude: Option<u64>) -> Result<usize> {
+        self.shared
+            .hub
+            .broadcast(&self.shared.codec, message, exclude)
     }
 
     /// The server's counters now, with the handler pool's load.

@@ -128,6 +128,9 @@ def server_commands(workload: Workload) -> dict[str, list[str]]:
             HANDLER_REFERENCE: [*PY_SERVERS, "uvloop", "--handler", workload.handler],
             "sockdemo echo (ceiling)": SOCKDEMO,
         }
+        if workload.handler == "echo":
+            # The same reply through a session's `received`.
+            contenders["sockdemo + session"] = [*SOCKDEMO, "--session", "handlers:EchoSession"]
     else:
         contenders = {
             "sockdemo": SOCKDEMO,
@@ -551,6 +554,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 1.0
+        # A smoke run never overwrites the committed figures.
+        if args.output == HERE:
+            args.output = ROOT / "bench-results"
     if not TOKIO_REFERENCE.exists():
         print("Build the reference first: cargo build --release --example tokio_reference")
         return 1

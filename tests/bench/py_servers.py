@@ -8,6 +8,9 @@ prefix and ``bye`` rule, and print the same first line as sockdemo's server.
 
     python tests/bench/py_servers.py --kind asyncio --port 0 --protocol raw
 
+``--kind uvloop-relay`` is the fan-out benchmark's contender instead: every
+framed message relayed to every other connection.
+
 ``--handler echo|busy|async_echo`` makes the reply the result of that function
 from ``handlers.py`` (the same one sockdemo's ``--handler`` runs), called (or
 awaited) inline on the event loop or the client's thread: the way a
@@ -104,6 +107,41 @@ async def serve_asyncio(port: int, protocol: str) -> None:
         await server.serve_forever()
 
 
+#: A relay drops a listener this far behind, as sockdemo's sessions do.
+RELAY_BEHIND = 1 << 20
+
+
+async def serve_relay(port: int) -> None:
+    """The fan-out relay written the plain way: a set of writers, and each
+    framed message written to every other one."""
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
+        try:
+            while True:
+                header = await reader.readexactly(4)
+                message = header + await reader.readexactly(struct.unpack("!I", header)[0])
+                for other in list(writers):
+                    if other is writer:
+                        continue
+                    if other.transport.get_write_buffer_size() > RELAY_BEHIND:
+                        writers.discard(other)
+                        other.close()
+                    else:
+                        other.write(message)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writers.discard(writer)
+            writer.close()
+
+    server = await asyncio.start_server(relay, "127.0.0.1", port, backlog=4096)
+    print(f"Server listening on 127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
 class RawHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         conn: socket.socket = self.request
@@ -134,7 +172,9 @@ class ThreadingServer(socketserver.ThreadingTCPServer):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=("asyncio", "uvloop", "socketserver"), required=True)
+    parser.add_argument(
+        "--kind", choices=("asyncio", "uvloop", "socketserver", "uvloop-relay"), required=True
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--protocol", choices=("raw", "framed"), default="raw")
     parser.add_argument(
@@ -158,6 +198,11 @@ def main() -> int:
 
             uvloop.install()
             asyncio.run(serve_asyncio(args.port, args.protocol))
+        elif args.kind == "uvloop-relay":
+            import uvloop
+
+            uvloop.install()
+            asyncio.run(serve_relay(args.port))
         else:
             asyncio.run(serve_asyncio(args.port, args.protocol))
     except KeyboardInterrupt:

@@ -26,10 +26,19 @@ loop that falls behind pushes back on its clients.
 
 from .client import Client, connect
 from .server import AsyncHandler, Server, start_server
+from .session import AsyncSession, Connection
 
-__all__ = ["AsyncHandler", "Client", "Server", "connect", "start_server"]
+__all__ = [
+    "AsyncHandler",
+    "AsyncSession",
+    "Client",
+    "Connection",
+    "Server",
+    "connect",
+    "start_server",
+]
 
 # Shown, documented and pickled as the public names they are.
-for _public in (Client, Server, connect, start_server):
+for _public in (Client, Connection, Server, connect, start_server):
     _public.__module__ = __name__
 del _public

@@ -18,6 +18,7 @@ from .._sockdemo import (
     DEFAULT_PORT,
     LoopClient,
 )
+from ..errors import ServerClosedError
 
 _M = TypeVar("_M", str, bytes)
 
@@ -207,6 +208,18 @@ class Client:
         reply: Any = await self._receive(False)
         return reply  # type: ignore[no-any-return]
 
+    def __aiter__(self) -> Client:
+        return self
+
+    async def __anext__(self) -> str:
+        """The next message the server sends, as ``str``, until it closes
+        the connection; waits at most ``timeout`` for each."""
+        try:
+            message: Any = await self._receive(True)
+        except ServerClosedError:
+            raise StopAsyncIteration from None
+        return message  # type: ignore[no-any-return]
+
     async def close(self) -> None:
         """Closes the connection (TLS: with close_notify). Idempotent."""
         self._shut("the client was closed")
@@ -287,7 +300,9 @@ class Client:
         finally:
             if timer is not None:
                 timer.cancel()
-            self._waiter = None
+            # A send's wait for room must not forget a receive's waiter.
+            if self._waiter is waiter:
+                self._waiter = None
 
     def _check_open(self) -> None:
         if self._closed_because is not None:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar, Union
 
 from .._sockdemo import DEFAULT_HOST, LoopHandler, PendingJob
 from .._sockdemo import Server as _CoreServer
+from .session import AsyncSession, opener
 
 _Reply = Union[str, bytes, None]
 AsyncHandler = Union[
@@ -40,6 +41,8 @@ async def start_server(
     handler: AsyncHandler | None = None,
     host: str = DEFAULT_HOST,
     port: int = 0,
+    *,
+    session: AsyncSession | None = None,
     **options: Any,
 ) -> Server:
     """Binds ``host:port`` (port 0 picks a free one) and starts serving.
@@ -51,9 +54,20 @@ async def start_server(
     ``protocol``, ``reply_prefix``, timeouts, ``certfile``/``keyfile``, sizes).
     A handler that raises is logged under ``sockdemo.handler`` and closes only
     its client's connection.
+
+    ``session``, in place of a handler, is ``async def session(conn)``, run
+    once per connection with a :class:`sockdemo.aio.Connection`: ``async for
+    message in conn``, ``await conn.send(m)``, ``conn.server.broadcast(m)``.
+    Its return closes the connection; an exception is logged under
+    ``sockdemo.handler`` and closes only that connection.
     """
     loop = asyncio.get_running_loop()
-    return Server(loop, handler, host, port, options)
+    if session is not None:
+        if handler is not None:
+            raise ValueError("give a handler or a session, not both")
+        if not callable(session):
+            raise TypeError(f"session must be an async def function, not {session!r}")
+    return Server(loop, handler, host, port, options, session)
 
 
 class Server:
@@ -67,6 +81,7 @@ class Server:
         host: str,
         port: int,
         options: dict[str, Any],
+        session: AsyncSession | None = None,
     ) -> None:
         if "handler_threads" in options:
             raise TypeError("handler_threads has no meaning here: handlers run on the loop")
@@ -76,7 +91,12 @@ class Server:
         # a Rust object is one the garbage collector cannot see into.
         follow = _follower(loop, self._tasks)
         finished = _weakly(self._finish)
-        self._bridge = None if handler is None else LoopHandler(handler, follow, finished)
+        self._bridge: LoopHandler | None = None
+        if session is not None:
+            opened = opener(session, weakref.ref(self), self._tasks, loop)
+            self._bridge = LoopHandler(opened, follow, finished, session=True)
+        elif handler is not None:
+            self._bridge = LoopHandler(handler, follow, finished)
         self._core = _CoreServer(host, port, handler=self._bridge, **options)
         self._closing = False
         self._closed: asyncio.Future[None] = loop.create_future()
@@ -90,6 +110,12 @@ class Server:
         """``(host, port)`` actually bound."""
         address: tuple[Any, ...] = self._core.server_address
         return address
+
+    def broadcast(self, message: str | bytes, exclude: Any = None) -> int:
+        """Sends ``message`` to every connection of a session server but
+        ``exclude`` (a connection or its ``id``), as
+        :meth:`sockdemo.Server.broadcast`; returns how many took it."""
+        return self._core.broadcast(message, exclude)
 
     def stats(self) -> dict[str, int]:
         """The server's counters, as :meth:`sockdemo.Server.stats`."""

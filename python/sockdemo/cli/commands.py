@@ -13,6 +13,7 @@ from typing import Callable
 from .. import _sockdemo
 from .._sockdemo import DEFAULT_BUFFER_SIZE, DEFAULT_MAX_CLIENTS, DEFAULT_PREFIX
 from . import server, workers
+from .chat import run_chat
 from .options import (
     add_address,
     add_client_arguments,
@@ -149,6 +150,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_client_tls(bench)
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(main=run_bench)
+    chat = commands.add_parser(
+        "chat",
+        help="talk to a session server interactively",
+        description="Connects to a session server (a chat, say) and sends each line you "
+        "type as a message, printing every message the server sends meanwhile. Ctrl+D or "
+        "Ctrl+C leaves; the chat also ends when the server closes the connection.",
+    )
+    add_address(chat)
+    chat.add_argument(
+        "--protocol",
+        choices=("raw", "framed"),
+        default="framed",
+        help="framed: 4-byte length + payload (default, as the chat examples serve); "
+        "raw: each read is a message",
+    )
+    chat.add_argument(
+        "--timeout",
+        type=seconds_arg,
+        metavar="SECONDS",
+        help="give up on connecting after this long (default: wait)",
+    )
+    add_client_tls(chat)
+    chat.set_defaults(main=run_chat)
     cert = commands.add_parser(
         "cert",
         help="write a self-signed development certificate",

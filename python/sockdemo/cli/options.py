@@ -12,6 +12,7 @@ from .._sockdemo import (
     DEFAULT_HOST,
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MESSAGE_TIMEOUT,
     DEFAULT_PORT,
     DEFAULT_PREFIX,
@@ -162,6 +163,23 @@ def add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> N
         metavar="MODULE:FUNCTION",
         help="reply with FUNCTION(message) from MODULE (imported from the current "
         "directory first) instead of the echo; it returns str, bytes, or None for the echo",
+    )
+    parser.add_argument(
+        "--session",
+        metavar="MODULE:CLASS",
+        help="hold a conversation per connection: CLASS is a sockdemo.Session subclass "
+        "(run on handler threads) or an async def session(conn) (run on an event loop); "
+        "nothing is added to what it sends; with --workers, a broadcast reaches the "
+        "connections of its own worker",
+    )
+    parser.add_argument(
+        "--max-pending",
+        type=positive_arg,
+        default=DEFAULT_MAX_PENDING_BYTES,
+        metavar="BYTES",
+        help="bytes sent to one client that it has not read yet; past it the client is "
+        f"too slow and is disconnected (default {DEFAULT_MAX_PENDING_BYTES}, "
+        f"{DEFAULT_MAX_PENDING_BYTES >> 20} MiB)",
     )
     parser.add_argument(
         "--loop",

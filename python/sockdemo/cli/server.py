@@ -19,30 +19,56 @@ from .output import configure_logging, fail, interrupt_on_sigterm, refuse, say, 
 
 
 class HandlerError(Exception):
-    """A ``--handler`` that cannot be loaded; the message says why."""
+    """A ``--handler`` or ``--session`` that cannot be loaded; the message
+    says why."""
 
 
-def load_handler(spec: str) -> Callable[[str], Any]:
+def load_handler(spec: str, flag: str = "--handler") -> Callable[[str], Any]:
     """Imports ``module:function`` (dots allowed on both sides) as uvicorn
     loads an app: the current directory comes first on the import path."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise HandlerError(f"--handler {spec!r} must look like module:function")
+        shape = "module:Class" if flag == "--session" else "module:function"
+        raise HandlerError(f"{flag} {spec!r} must look like {shape}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         found: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise HandlerError(f"--handler {spec!r}: cannot import {module_name!r}: {exc}") from None
+        raise HandlerError(f"{flag} {spec!r}: cannot import {module_name!r}: {exc}") from None
     for name in attribute.split("."):
         try:
             found = getattr(found, name)
         except AttributeError:
-            raise HandlerError(f"--handler {spec!r}: {module_name} has no {attribute!r}") from None
+            raise HandlerError(f"{flag} {spec!r}: {module_name} has no {attribute!r}") from None
     if not callable(found):
-        raise HandlerError(f"--handler {spec!r}: {attribute} is not callable")
+        raise HandlerError(f"{flag} {spec!r}: {attribute} is not callable")
     handler: Callable[[str], Any] = found
     return handler
+
+
+def load_session(spec: str) -> Any:
+    """Imports ``module:Class`` (a :class:`sockdemo.Session` subclass) or
+    ``module:function`` (an ``async def`` session)."""
+    from ..session import Session
+
+    found = load_handler(spec, "--session")
+    if isinstance(found, type) and issubclass(found, Session):
+        return found
+    if inspect.iscoroutinefunction(found):
+        return found
+    raise HandlerError(
+        f"--session {spec!r}: must be a sockdemo.Session subclass or an async def function"
+    )
+
+
+def load_callables(args: argparse.Namespace) -> None:
+    """Loads ``--handler`` and ``--session`` into ``args``."""
+    if args.handler and getattr(args, "session", None):
+        raise HandlerError("--handler and --session cannot be used together")
+    args.handler_function = load_handler(args.handler) if args.handler else None
+    spec = getattr(args, "session", None)
+    args.session_object = load_session(spec) if spec else None
 
 
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -64,6 +90,7 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         "proxy_protocol": args.proxy_protocol,
         "proxy_allow": args.proxy_allow.split(",") if args.proxy_allow else None,
         "reuse_port": args.reuse_port,
+        "max_pending_bytes": args.max_pending,
     }
 
 
@@ -74,6 +101,7 @@ def open_server(args: argparse.Namespace) -> Server | None:
             args.host,
             args.port,
             handler=args.handler_function,
+            session=args.session_object,
             handler_threads=args.handler_threads,
             **server_options(args),
         )
@@ -124,9 +152,13 @@ def _event_loop(args: argparse.Namespace) -> str | None:
     ``None`` for handler threads. ``auto`` runs an ``async def`` handler on
     uvloop when it is installed, asyncio's loop otherwise."""
     choice: str = getattr(args, "loop", "auto")
+    if isinstance(args.session_object, type):
+        # A Session class runs on handler threads, whatever the loop.
+        return None
     if choice != "auto":
         return choice
-    if not inspect.iscoroutinefunction(args.handler_function):
+    coroutine = args.session_object or args.handler_function
+    if not inspect.iscoroutinefunction(coroutine):
         return None
     try:
         import uvloop  # noqa: F401
@@ -146,7 +178,11 @@ def _serve_on_loop(args: argparse.Namespace, kind: str) -> int:
     async def serve() -> None:
         try:
             server = await aio.start_server(
-                args.handler_function, args.host, args.port, **server_options(args)
+                args.handler_function,
+                args.host,
+                args.port,
+                session=args.session_object,
+                **server_options(args),
             )
         except (OSError, ValueError) as exc:
             raise _Refused(exc) from None
@@ -195,7 +231,7 @@ def serve(args: argparse.Namespace, serve: Callable[[Server], None]) -> int:
     # printed is still a clean shutdown, never a traceback or a kill.
     interrupt_on_sigterm()
     try:
-        args.handler_function = load_handler(args.handler) if args.handler else None
+        load_callables(args)
     except HandlerError as exc:
         say(f"Error: {exc}")
         return 2

@@ -11,7 +11,7 @@ import sys
 
 from .. import supervisor
 from .output import fail, refuse, say
-from .server import HandlerError, listening, load_handler, metrics_endpoint
+from .server import HandlerError, listening, load_callables, metrics_endpoint
 
 #: How the supervisor starts a worker: :mod:`sockdemo.cli.worker` as a program.
 WORKER_COMMAND = (sys.executable, "-m", "sockdemo.cli.worker")
@@ -19,7 +19,7 @@ WORKER_COMMAND = (sys.executable, "-m", "sockdemo.cli.worker")
 
 def supervise(args: argparse.Namespace) -> int:
     try:
-        load_handler(args.handler) if args.handler else None
+        load_callables(args)
     except HandlerError as exc:
         say(f"Error: {exc}")
         return 2
@@ -30,7 +30,8 @@ def supervise(args: argparse.Namespace) -> int:
         return refuse(exc, args)
     with reserved:
         host, port = reserved.getsockname()[:2]
-        options = {k: v for k, v in vars(args).items() if k not in ("main", "handler_function")}
+        loaded = ("main", "handler_function", "session_object")
+        options = {k: v for k, v in vars(args).items() if k not in loaded}
         options.update(port=port, reuse_port=True, workers=1)
         if args.metrics_port is not None:
             # Each worker's own endpoint, private; the supervisor's adds them up.

@@ -13,7 +13,7 @@ struct Upper {
 impl Handler for Upper {
     fn reply(
         &self,
-        _peer: std::net::SocketAddr,
+        _conn: &crate::handling::Conn,
         message: &[u8],
     ) -> Result<Option<Vec<u8>>, String> {
         self.calls.fetch_add(1, Relaxed);
@@ -132,7 +132,7 @@ struct Busy;
 impl Handler for Busy {
     fn reply(
         &self,
-        _peer: std::net::SocketAddr,
+        _conn: &crate::handling::Conn,
         message: &[u8],
     ) -> Result<Option<Vec<u8>>, String> {
         let until = Instant::now() + Duration::from_millis(1);
@@ -229,7 +229,7 @@ impl Held {
 impl Handler for Held {
     fn reply(
         &self,
-        _peer: std::net::SocketAddr,
+        _conn: &crate::handling::Conn,
         message: &[u8],
     ) -> Result<Option<Vec<u8>>, String> {
         if message == b"hold" {

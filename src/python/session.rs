@@ -1,0 +1,229 @@
+//! Sessions: a Python object per connection (a `sockdemo.Session`), its
+//! hooks run on the handler threads like a handler, and the connection it
+//! may send to at any time from any thread ([`Connection`]).
+//!
+//! The connection owns its session object; the object holds its connection
+//! only weakly, so nothing outlives the connection in a cycle.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, Weak};
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+
+use super::convert::{Message, address, decode_text, encode_text};
+use super::errors::to_py;
+use super::handler::{call_attached, enter_attached};
+use crate::address::py_address;
+use crate::handling::conn::Conn;
+use crate::handling::handler::{Detach, Handler};
+
+/// One connection of a session server, as Python sees it: `send()` and
+/// `close()` work from any thread at any time and never block.
+#[pyclass(frozen, module = "sockdemo._sockdemo")]
+pub(super) struct Connection {
+    conn: Weak<Conn>,
+    id: u64,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    pub(super) fn new(conn: &Arc<Conn>) -> Self {
+        Connection {
+            conn: Arc::downgrade(conn),
+            id: conn.id(),
+            peer: conn.peer(),
+        }
+    }
+}
+
+#[pymethods]
+impl Connection {
+    /// The connection's number, unique within its server.
+    #[getter]
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The client's `(host, port)` (behind a PROXY header, the real
+    /// client's).
+    #[getter]
+    fn peer<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        address(py, self.peer)
+    }
+
+    /// Sends `message` (`str` or `bytes`) after everything sent before,
+    /// without waiting; `False` once the connection is closing or gone.
+    fn send(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let message = Message::extract(message)?;
+        let Some(conn) = self.conn.upgrade() else {
+            return Ok(false);
+        };
+        conn.send(message.bytes()).map_err(|e| to_py(py, e, None))
+    }
+
+    /// Closes the connection once what was sent before is out.
+    fn close(&self) {
+        if let Some(conn) = self.conn.upgrade() {
+            conn.close();
+        }
+    }
+
+    /// Bytes sent that the client has not taken yet, queued in the server
+    /// (0 once the connection is gone).
+    #[getter]
+    fn pending(&self) -> usize {
+        self.conn.upgrade().map_or(0, |conn| conn.pending())
+    }
+
+    /// Is the connection still open?
+    #[getter]
+    fn is_open(&self) -> bool {
+        self.conn.strong_count() > 0
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<sockdemo.Connection {} from {}>", self.id, self.peer)
+    }
+}
+
+/// A `sockdemo.Session` subclass run on the handler threads: an instance per
+/// connection, its hooks called in order with the connection's messages.
+pub(super) struct PySession {
+    class: Py<PyAny>,
+    /// A weak reference to the Python server, the sessions' `self.server`;
+    /// set when it starts serving.
+    server: OnceLock<Py<PyAny>>,
+}
+
+impl PySession {
+    pub fn new(class: Py<PyAny>) -> Self {
+        PySession {
+            class,
+            server: OnceLock::new(),
+        }
+    }
+
+    /// The sessions' `self.server` is `server` from now on.
+    pub fn serve_for(&self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = server.py();
+        let weak = py.import("weakref")?.getattr("ref")?.call1((server,))?;
+        let _ = self.server.set(weak.unbind());
+        Ok(())
+    }
+
+    /// Makes the connection's session object and runs its `connected()`.
+    fn open(&self, py: Python<'_>, conn: &Arc<Conn>) -> PyResult<()> {
+        let session = self.class.bind(py).call0()?;
+        let server = match self.server.get() {
+            Some(weak) => weak.bind(py).call0()?,
+            None => py.None().into_bound(py),
+        };
+        session.setattr(intern!(py, "_connection"), Connection::new(conn))?;
+        session.setattr(intern!(py, "id"), conn.id())?;
+        session.setattr(intern!(py, "peer"), address(py, conn.peer())?)?;
+        session.setattr(intern!(py, "server"), server)?;
+        let received = session.getattr(intern!(py, "received"))?.unbind();
+        conn.set_state(Box::new(Kept {
+            session: session.clone().unbind(),
+            received,
+        }));
+        session.call_method0(intern!(py, "connected"))?;
+        Ok(())
+    }
+}
+
+/// What a connection keeps of its session: the object, and its `received`
+/// method, looked up once rather than per message.
+struct Kept {
+    session: Py<PyAny>,
+    received: Py<PyAny>,
+}
+
+/// What the connection keeps of its session.
+fn kept(conn: &Conn) -> PyResult<&Kept> {
+    conn.state::<Kept>()
+        .ok_or_else(|| PyTypeError::new_err("the connection has no session"))
+}
+
+impl Handler for PySession {
+    fn enter(&self, thread: &mut dyn FnMut(&dyn Detach)) {
+        enter_attached(thread);
+    }
+
+    fn call_here(&self, calls: &mut dyn FnMut()) {
+        call_attached(calls);
+    }
+
+    fn is_session(&self) -> bool {
+        true
+    }
+
+    fn opened(&self, conn: &Arc<Conn>) -> Result<(), String> {
+        Python::attach(|py| {
+            self.open(py, conn)
+                .map_err(|e| log_hook_failure(py, "connected", conn.peer(), e))
+        })
+    }
+
+    fn reply(&self, conn: &Conn, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        Python::attach(|py| {
+            let received = || -> PyResult<Option<Vec<u8>>> {
+                let text = decode_text(py, message)?;
+                let reply = kept(conn)?.received.bind(py).call1((text,))?;
+                reply_bytes(&reply)
+            };
+            received().map_err(|e| log_hook_failure(py, "received", conn.peer(), e))
+        })
+    }
+
+    fn closed(&self, conn: &Conn) {
+        Python::attach(|py| {
+            let closed =
+                kept(conn).and_then(|k| k.session.bind(py).call_method0(intern!(py, "closed")));
+            if let Err(e) = closed {
+                log_hook_failure(py, "closed", conn.peer(), e);
+            }
+        });
+    }
+}
+
+/// What a session's `received()` returned, as the bytes of a reply.
+fn reply_bytes(reply: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
+    if reply.is_none() {
+        Ok(None)
+    } else if let Ok(text) = reply.cast::<PyString>() {
+        encode_text(text).map(Some)
+    } else if let Ok(bytes) = reply.cast::<PyBytes>() {
+        Ok(Some(bytes.as_bytes().to_vec()))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "received() must return str, bytes or None, not {}",
+            reply.get_type().name()?
+        )))
+    }
+}
+
+/// Logs an exception raised by a session's `hook` under `sockdemo.handler`,
+/// with its traceback; returns its text.
+pub(super) fn log_hook_failure(py: Python<'_>, hook: &str, peer: SocketAddr, err: PyErr) -> String {
+    let text = err.to_string();
+    let logged = py
+        .import("logging")
+        .and_then(|logging| logging.call_method1("getLogger", ("sockdemo.handler",)))
+        .and_then(|logger| {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("exc_info", err.into_value(py))?;
+            logger.call_method(
+                "error",
+                ("Session %s() failed for %s", hook, py_address(peer)),
+                Some(&kwargs),
+            )
+        });
+    if let Err(e) = logged {
+        e.print(py);
+    }
+    text
+}
