@@ -72,8 +72,10 @@ lint: build
 ## (ARGS="--quick" for a one-round smoke run)
 bench: build
 	$(PY) -m pip install --quiet uvloop matplotlib
-	cargo build --release --quiet --example tokio_reference
+	cargo build --release --quiet --example tokio_reference --example tokio_relay \
+		--example fanout_client
 	$(PY) tests/bench/compare.py $(ARGS)
+	$(PY) tests/bench/fanout.py $(ARGS)
 
 ## mutants: plant bugs in the core and check the Rust tests catch each one
 ## (cargo-mutants; .cargo/mutants.toml lists the files and accepted survivors;

@@ -69,7 +69,11 @@ def main() -> int:
     parser.add_argument("--listeners", type=int, default=100)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=64)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="1 round: a smoke test")
+    # `make bench ARGS=...` hands compare.py's options here too.
+    args, _ = parser.parse_known_args()
+    if args.quick:
+        args.rounds = 1
     figures: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     for round_ in range(1, args.rounds + 1):
         for name, argv in CONTENDERS.items():
