@@ -9,7 +9,7 @@ TOOLS  := $(VENV)/.tools-installed
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all build run test test-rust test-python wheel test-matrix lint bench mutants clean
+.PHONY: all build run test test-rust test-python stress-test wheel test-matrix lint bench mutants clean
 
 all: build
 
@@ -33,8 +33,20 @@ build: $(TOOLS)
 run: build
 	$(PY) python/server.v2.py $(ARGS)
 
-## test: Rust unit and integration tests, then the pytest suite
-test: test-rust test-python
+## test: Rust unit and integration tests, then the pytest suite; both run
+## and report even when the first fails, and the target fails if either did
+test: build
+	@rust=0; python=0; \
+	cargo test --quiet || rust=$$?; \
+	$(PY) -m pytest || python=$$?; \
+	if [ $$rust -ne 0 ] || [ $$python -ne 0 ]; then \
+		echo "make test: cargo test exited $$rust, pytest exited $$python"; exit 1; \
+	fi
+
+## stress-test: make test RUNS times (default 10) with two busy loops on the
+## cores and SIGINT ignored, as CI and nohup start jobs; prints the tally
+stress-test: build
+	@bash tests/stress.sh $(or $(RUNS),10)
 
 test-rust:
 	cargo test --quiet

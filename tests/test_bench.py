@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -98,7 +99,8 @@ def test_bench_command_prints_progress_and_a_summary(run, serve) -> None:
     assert code == 0, lines
     text = "\n".join(lines)
     assert "req/s" in text and "errors    0" in text and "p99.9" in text
-    assert any(line.strip().startswith("1.0s") for line in lines)
+    # A progress line each second; a busy machine may print it at 1.1 s.
+    assert any(re.match(r"\s*1\.\ds\s+[\d,]+ requests", line) for line in lines), lines
 
 
 def test_bench_runs_while_other_threads_use_python(serve) -> None:

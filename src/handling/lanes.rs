@@ -15,17 +15,80 @@ use std::time::Duration;
 
 use crate::handling::outbox::Outbox;
 
-/// When the call a thread is making started, for the watchdog to read.
+/// When the call a thread is making started, for the watchdog to read, and
+/// whether it computes or waits.
 #[derive(Default)]
 pub(crate) struct CallClock {
     /// Nanoseconds after the pool's epoch, plus one; 0 between calls.
     started: AtomicU64,
+    /// The CPU clock of the thread making the call (Linux; 0: none).
+    #[cfg(target_os = "linux")]
+    cpu_clock: std::sync::atomic::AtomicI32,
+    /// The watchdog's look at the call: which call (its `started`), when,
+    /// and the thread's CPU time then.
+    sample: Mutex<Option<(u64, u64, u64)>>,
 }
 
 impl CallClock {
     /// A call starts at `now` (nanoseconds after the epoch).
     pub fn start(&self, now: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            let mut clock: libc::clockid_t = 0;
+            // SAFETY: the calling thread is alive, and `clock` is ours to
+            // write. glibc computes the id from the thread id: no system call.
+            if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
+                self.cpu_clock.store(clock, Relaxed);
+            }
+        }
         self.started.store(now + 1, Relaxed);
+    }
+
+    /// Has the call running now run for `after` or longer at `now`, and is
+    /// it waiting (asleep, or on I/O) rather than computing? A thread that
+    /// computes uses the CPU it is given, however busy the machine; one that
+    /// waits uses none. The first look at a call only takes a sample: the
+    /// answer comes from the next. Where a thread's CPU time cannot be read,
+    /// a long call counts as waiting.
+    pub fn waiting(&self, now: u64, after: Duration) -> bool {
+        if !self.stuck(now, after) {
+            return false;
+        }
+        let started = self.started.load(Relaxed);
+        let Some(cpu) = self.cpu_time() else {
+            return true;
+        };
+        let mut sample = self.sample.lock().unwrap_or_else(PoisonError::into_inner);
+        match *sample {
+            Some((call, at, cpu_then)) if call == started => {
+                let wall = now.saturating_sub(at);
+                // Less than an eighth of a core since the last look: a busy
+                // machine gives a computing thread more than that.
+                wall > 0 && cpu.saturating_sub(cpu_then).saturating_mul(8) < wall
+            }
+            _ => {
+                *sample = Some((started, now, cpu));
+                false
+            }
+        }
+    }
+
+    /// The calling thread's CPU time, in nanoseconds.
+    fn cpu_time(&self) -> Option<u64> {
+        #[cfg(target_os = "linux")]
+        {
+            let clock = self.cpu_clock.load(Relaxed);
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `now` is ours to write; a clock whose thread has gone
+            // makes the call fail, and then there is no answer.
+            if clock != 0 && unsafe { libc::clock_gettime(clock, &mut now) } == 0 {
+                return Some(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64);
+            }
+        }
+        None
     }
 
     /// The call has returned.

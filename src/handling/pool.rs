@@ -644,7 +644,7 @@ impl Inner {
                     pool.waking += 1;
                     self.work.notify_one();
                 } else if pool.threads.len() < self.max_threads
-                    && pool.threads.iter().all(|c| stuck(c))
+                    && pool.threads.iter().all(|c| c.waiting(now, STUCK_AFTER))
                 {
                     self.spawn(&mut pool);
                 }
