@@ -4,6 +4,7 @@ that listen (``for message in client``)."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -23,7 +24,16 @@ import sockdemo
 from conftest import connect, frame, read_frame, read_until_closed, wait_until
 
 
-class Relay(sockdemo.Session):
+class Joined(sockdemo.Session):
+    """Counts the sessions that have joined (broadcasts reach them)."""
+
+    count: ClassVar[list[int]] = []
+
+    def connected(self) -> None:
+        self.count.append(self.id)
+
+
+class Relay(Joined):
     """Relays every message to every other connection."""
 
     def received(self, message: str) -> None:
@@ -75,9 +85,10 @@ def framed_socket(server: sockdemo.Server) -> socket.socket:
 def test_relays_keep_each_senders_order_among_fifty_clients(
     serve: Callable[..., sockdemo.Server],
 ) -> None:
+    Relay.count = []
     server = serve(protocol="framed", session=Relay, max_clients=60)
     clients = [framed_socket(server) for _ in range(50)]
-    wait_until(lambda: server.stats()["connections_active"] == 50)
+    wait_until(lambda: len(Relay.count) == 50)
     senders, per_sender = clients[:5], 40
     for i in range(per_sender):
         for n, sender in enumerate(senders):
@@ -208,47 +219,50 @@ def test_a_reader_that_never_reads_is_cut_off_and_the_others_get_everything(
     cut off; the two that read get every message; the server's memory stays
     within the bound (it does not hold 30 MB for the stalled reader)."""
     cut = threading.Event()
+    joined: list[int] = []
 
     class Broadcast(sockdemo.Session):
+        def connected(self) -> None:
+            joined.append(self.id)
+
         def received(self, message: str) -> str:
             self.server.broadcast(message, exclude=self)
             return "ok"
 
         def closed(self) -> None:
-            if self.id == stalled_id[0]:
+            if self.id == joined[0]:
                 cut.set()
 
-    stalled_id: list[int] = []
     server = serve(protocol="framed", session=Broadcast, max_message_size=1 << 16)
     rss_before = _rss()
-    stalled = connect(server)
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    wait_until(lambda: server.stats()["connections_active"] == 1)
-    stalled_id.append(1)
-    readers = [connect(server) for _ in range(2)]
-    totals = [0, 0]
-
-    def read(i: int) -> None:
-        while totals[i] < count * size:
-            totals[i] += len(read_frame(readers[i]))
-
     count, size = 3000, 10_000
-    threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    with sockdemo.Client(*server.server_address[:2], protocol="framed", timeout=20) as speaker:
-        payload = "x" * size
-        for _ in range(count):
-            assert speaker.request(payload) == "ok"
-    for t in threads:
-        t.join(30)
-    assert totals == [count * size] * 2
-    assert cut.wait(10), "the stalled reader was not cut off"
-    grown = _rss() - rss_before
-    assert grown < 24 << 20, f"server memory grew by {grown >> 20} MiB"
-    stalled.close()
-    for r in readers:
-        r.close()
+    totals = [0, 0]
+    with contextlib.ExitStack() as sockets:
+        stalled = sockets.enter_context(connect(server))
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # Joined first (the hub's first id), and it never reads.
+        wait_until(lambda: len(joined) == 1)
+        readers = [sockets.enter_context(connect(server)) for _ in range(2)]
+        # Every reader has joined before the first broadcast.
+        wait_until(lambda: len(joined) == 3)
+
+        def read(i: int) -> None:
+            while totals[i] < count * size:
+                totals[i] += len(read_frame(readers[i]))
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        with sockdemo.Client(*server.server_address[:2], protocol="framed", timeout=20) as speaker:
+            payload = "x" * size
+            for _ in range(count):
+                assert speaker.request(payload) == "ok"
+        for t in threads:
+            t.join(30)
+        assert totals == [count * size] * 2
+        assert cut.wait(10), "the stalled reader was not cut off"
+        grown = _rss() - rss_before
+        assert grown < 24 << 20, f"server memory grew by {grown >> 20} MiB"
 
 
 def _rss() -> int:
@@ -295,9 +309,10 @@ def test_a_thousand_sessions_each_get_a_broadcast(serve: Callable[..., sockdemo.
         pytest.skip(f"needs 2,200 descriptors, the hard limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2200), hard))
     try:
-        server = serve(protocol="framed", session=sockdemo.Session, max_clients=1000)
+        Joined.count = []
+        server = serve(protocol="framed", session=Joined, max_clients=1000)
         socks = [connect(server) for _ in range(1000)]
-        wait_until(lambda: server.stats()["connections_active"] == 1000)
+        wait_until(lambda: len(Joined.count) == 1000)
         assert server.broadcast("to all") == 1000
         assert all(read_frame(sock) == b"to all" for sock in socks)
         for sock in socks:

@@ -178,11 +178,15 @@ impl Reactor {
     /// whenever [`Reactor::fd`] is readable: readiness not yet collected
     /// keeps it readable.
     pub fn turn(&self) -> bool {
-        self.rung.store(false, Ordering::Release);
         self.turns.fetch_add(1, Ordering::Relaxed);
         // Set first: the tasks that ready sockets wake are run in this turn.
         let previous = TURNING.with(|turning| turning.replace(self));
         self.collect();
+        // Cleared once the bell's ring has been collected, not before: a
+        // ring in between would have its bell taken by the collect while
+        // `rung` said it was still pending, and a wake later in this turn,
+        // after the last look at the queue, would ring no bell at all.
+        self.rung.store(false, Ordering::Release);
         let closed = self.closed.read().unwrap_or_else(PoisonError::into_inner);
         // Entered once for the whole turn, not per task.
         let runtime = lock(&self.runtime).clone();
@@ -706,5 +710,147 @@ mod tests {
         assert!(!ran.load(Ordering::SeqCst));
         reactor.reopen();
         Ok(())
+    }
+
+    /// Wakes begun and ended, across threads: a check made while none is
+    /// under way sees only wakes that have rung (or should have).
+    #[derive(Default)]
+    struct Waking {
+        begun: AtomicU64,
+        ended: AtomicU64,
+    }
+
+    /// A count a task waits to see grow, bumped from other threads.
+    #[derive(Default)]
+    struct Wanted {
+        asked: AtomicU64,
+        seen: AtomicU64,
+        waker: Mutex<Option<std::task::Waker>>,
+        waking: Arc<Waking>,
+    }
+
+    impl Wanted {
+        /// From another thread: one more, and the task is woken.
+        fn ask(&self) {
+            self.waking.begun.fetch_add(1, Ordering::SeqCst);
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            if let Some(waker) = lock(&self.waker).take() {
+                waker.wake();
+            }
+            self.waking.ended.fetch_add(1, Ordering::SeqCst);
+        }
+
+        /// In the task: until everything asked so far has been seen.
+        async fn next(&self) {
+            std::future::poll_fn(|cx| {
+                *lock(&self.waker) = Some(cx.waker().clone());
+                let seen = self.seen.load(Ordering::SeqCst);
+                if seen < self.asked.load(Ordering::SeqCst) {
+                    self.seen.store(seen + 1, Ordering::SeqCst);
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Tasks woken from other threads, the loop turning only when the
+    /// descriptor is readable, as an event loop does: no wake may be lost.
+    /// A wake that lands between the turn's last look at the queue and the
+    /// end of the turn must still ring the bell, or its task waits for ever
+    /// with the loop asleep; so must one that lands while the turn collects
+    /// another's ring. Each waking thread waits for its wake to be seen
+    /// before the next (so wakes land at every point of a turn, and a lost
+    /// one leaves nobody to ring again); the loop checks that a queued task
+    /// always makes the descriptor readable.
+    fn no_wake_is_lost(wakers: usize) -> TestResult {
+        const WAKES: u64 = 5_000;
+        let runtime = runtime()?;
+        let reactor = Reactor::new()?;
+        let waking = Arc::new(Waking::default());
+        let wanted: Vec<Arc<Wanted>> = (0..wakers)
+            .map(|_| {
+                Arc::new(Wanted {
+                    waking: waking.clone(),
+                    ..Wanted::default()
+                })
+            })
+            .collect();
+        // With no wake under way, a queued task has rung the bell: the
+        // descriptor must be readable. (Checked between the two counts: a
+        // wake that began meanwhile voids the check.)
+        let lost = || {
+            let ended = waking.ended.load(Ordering::SeqCst);
+            let begun = waking.begun.load(Ordering::SeqCst);
+            let queued = !lock(&reactor.queue).is_empty();
+            let quiet = !readable(reactor.fd());
+            begun == ended && waking.begun.load(Ordering::SeqCst) == begun && queued && quiet
+        };
+        for w in &wanted {
+            let w = w.clone();
+            reactor.spawn(runtime.handle().clone(), async move {
+                for _ in 0..WAKES {
+                    w.next().await;
+                }
+            });
+        }
+        let threads: Vec<_> = wanted
+            .iter()
+            .map(|w| {
+                let w = w.clone();
+                thread::spawn(move || {
+                    let give_up = Instant::now() + Duration::from_secs(20);
+                    let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ w.asked.as_ptr() as u64;
+                    for _ in 0..WAKES {
+                        // A pause of random length first, so that the wake
+                        // lands anywhere in the loop's turn, its last few
+                        // instructions included, not just as a task runs.
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        for _ in 0..seed % 4096 {
+                            std::hint::spin_loop();
+                        }
+                        w.ask();
+                        while w.seen.load(Ordering::SeqCst) < w.asked.load(Ordering::SeqCst) {
+                            if Instant::now() > give_up {
+                                return;
+                            }
+                            thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while reactor.tasks() > 0 {
+            assert!(Instant::now() < deadline, "the tasks did not finish");
+            assert!(
+                !lost(),
+                "a task is queued and the descriptor is not readable: a lost wake-up"
+            );
+            if readable_within(reactor.fd(), Duration::from_millis(500)) {
+                reactor.turn();
+            }
+        }
+        for thread in threads {
+            assert!(thread.join().is_ok(), "a waking thread panicked");
+        }
+        for w in &wanted {
+            assert_eq!(w.seen.load(Ordering::SeqCst), WAKES);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_wake_at_the_end_of_a_turn_is_never_lost() -> TestResult {
+        no_wake_is_lost(1)
+    }
+
+    #[test]
+    fn wakes_from_three_threads_during_turns_are_never_lost() -> TestResult {
+        no_wake_is_lost(3)
     }
 }
