@@ -668,3 +668,34 @@ def test_sockdemo_aio_is_there_after_import_sockdemo_and_only_loaded_on_use() ->
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "sockdemo.aio"]
+
+
+@pytest.mark.parametrize("exception", [KeyboardInterrupt, SystemExit])
+def test_an_async_handler_raising_a_base_exception_closes_only_its_connection(
+    run: Run[None], exception: type[BaseException], caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a handler on threads does: logged, that client closed, the server
+    serving on."""
+
+    async def handler(message: str) -> str:
+        await asyncio.sleep(0)
+        if message == "boom":
+            raise exception("boom")
+        return message.upper()
+
+    async def main() -> None:
+        server = await sockdemo.aio.start_server(handler, protocol="framed")
+        async with server:
+            port = server.server_address[1]
+            doomed = await sockdemo.aio.connect("127.0.0.1", port, "framed", timeout=10)
+            with pytest.raises(ConnectionError):
+                await doomed.request("boom")
+            await doomed.close()
+            ok = await sockdemo.aio.connect("127.0.0.1", port, "framed", timeout=10)
+            async with ok:
+                assert await ok.request("fine") == "FINE"
+            assert server.is_serving()
+
+    with caplog.at_level(logging.ERROR, logger="sockdemo.handler"):
+        run(main())
+    assert "boom" in caplog.text

@@ -470,3 +470,36 @@ def test_invalid_utf8_reaches_a_handler_as_surrogates_and_goes_back_exactly(serv
         sock.sendall(b"caf\xe9 \xff")
         assert recv_exactly(sock, 6) == b"caf\xe9 \xff"
     assert seen == ["caf\udce9 \udcff"]
+
+
+BLOCKING_ASYNC_HANDLER = """
+import sys, time
+
+async def handler(message):
+    print("handling", flush=True)
+    time.sleep(1)            # a blocking call inside an async handler
+    return "done " + message
+"""
+
+
+def test_sigterm_during_a_blocking_async_handler_stops_the_server(tmp_path) -> None:
+    """SIGTERM that lands while an ``async def`` handler blocks is not raised
+    into it: the reply goes out, then the server drains and exits 0."""
+    (tmp_path / "blocking.py").write_text(BLOCKING_ASYNC_HANDLER)
+    script = Script(
+        "-m", "sockdemo", "server", "--port", "0", "--handler", "blocking:handler",
+        "--loop", "asyncio", cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        port = script.port()
+        with sockdemo.Client("127.0.0.1", port, timeout=15) as client:
+            client.send("one")
+            script.wait_for("handling")
+            script.proc.send_signal(signal.SIGTERM)
+            assert client.receive() == b"done one"
+        code, lines = script.finish(15)
+        assert code == 0, lines
+        assert "Server shutting down." in lines, lines
+        assert not any("KeyboardInterrupt" in line for line in lines), lines
+    finally:
+        script.kill()

@@ -288,7 +288,10 @@ async def _answer(job: PendingJob, step: Awaitable[Any]) -> None:
     except asyncio.CancelledError:
         job.cancel()
         raise
-    except Exception as exc:
+    except BaseException as exc:
+        # KeyboardInterrupt and SystemExit too: one client's handler never
+        # stops the server, as with handlers on threads (a signal reaches
+        # the server through the loop, not through a handler).
         job.fail(exc)
     else:
         job.resume(reply)

@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -186,10 +187,15 @@ def _serve_on_loop(args: argparse.Namespace, kind: str) -> int:
             )
         except (OSError, ValueError) as exc:
             raise _Refused(exc) from None
+        # SIGTERM through the loop: a flag and a close, never an exception
+        # raised into whatever handler happens to be running.
+        terminated = _close_on_sigterm(server)
         async with server:
             listening(server.server_address)
             with metrics_endpoint(args, server.metrics):
                 await server.serve_forever()
+        if terminated():
+            stopping()
 
     if kind == "uvloop":
         try:
@@ -204,6 +210,22 @@ def _serve_on_loop(args: argparse.Namespace, kind: str) -> int:
     except KeyboardInterrupt:
         stopping()
     return 0
+
+
+def _close_on_sigterm(server: Any) -> Callable[[], bool]:
+    """Closes ``server`` on SIGTERM, from the running loop; returns whether
+    that happened. (Where the loop cannot watch signals, SIGTERM keeps the
+    process-wide handler.)"""
+    loop = asyncio.get_running_loop()
+    seen: list[bool] = []
+
+    def close() -> None:
+        seen.append(True)
+        server.close()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, close)
+    return lambda: bool(seen)
 
 
 class _Refused(Exception):
