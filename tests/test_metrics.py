@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import sockdemo
-from conftest import Script, frame, read_frame, recv_exactly, wait_until
+from conftest import Script, frame, read_frame, recv_exactly, reset, wait_until
+from sockdemo import metrics as metrics_module
 
 parser = pytest.importorskip(
     "prometheus_client.parser", reason="prometheus_client is not installed (the test group has it)"
@@ -113,3 +114,52 @@ def test_tls_handshake_failures_are_counted(tmp_path: Path) -> None:
         script.proc.terminate()
         script.finish(20)
         script.kill()
+
+
+def test_the_endpoint_is_private_by_default_and_bounded(tmp_path: Path) -> None:
+    """Listening on every address does not publish the metrics; scrapers
+    that stall hold at most a bounded number of threads, each for a bounded
+    time; one that resets leaves no traceback."""
+    (tmp_path / "upper.py").write_text(HANDLER)
+    script = Script(
+        "-m", "sockdemo", "server", "--port", "0", "--host", "127.0.0.2",
+        "--handler", "upper:handler", "--metrics-port", "0", cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert script.line().startswith("Server listening on 127.0.0.2:")
+        shown = script.wait_for("Metrics at http://")
+        assert shown.startswith("Metrics at http://127.0.0.1:"), shown
+        metrics = int(shown.rsplit(":", 1)[1].split("/")[0])
+        assert _scrape_ok(metrics)  # everything the server runs is up
+        threads_before = _threads(script.proc.pid)
+        stalled = [socket.create_connection(("127.0.0.1", metrics), timeout=10) for _ in range(150)]
+        with socket.create_connection(("127.0.0.1", metrics), timeout=10) as rude:
+            rude.sendall(b"GET /met")
+            reset(rude)
+        # Bounded: the stalled scrapers wait in at most 64 threads.
+        assert _threads(script.proc.pid) <= threads_before + 64
+        # Their time runs out, and a scrape is answered again.
+        wait_until(lambda: _scrape_ok(metrics), timeout=30)
+        for sock in stalled:
+            sock.close()
+    finally:
+        script.interrupt()
+        code, lines = script.finish()
+        script.kill()
+    assert code == 0
+    assert not any("Traceback" in line for line in lines), lines
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError("no thread count")
+
+
+def _scrape_ok(port: int) -> bool:
+    try:
+        return "sockdemo_" in metrics_module.fetch(("127.0.0.1", port), timeout=1)
+    except OSError:
+        return False

@@ -2,7 +2,9 @@
 
 The counters and their text format are the Rust core's (``Server.metrics()``,
 made with the ``prometheus`` crate); this module only serves them over HTTP,
-with the standard library's ``http.server`` on a thread of its own. Under
+with the standard library's ``http.server`` on a thread of its own, bounded
+(timeouts, a cap on scrapes at once) and on 127.0.0.1 unless told otherwise
+(``--metrics-host``): the counters are nobody else's business. Under
 ``--workers``, each worker serves its own on a private port and the
 supervisor's endpoint adds them up (:func:`merge`), so Prometheus scrapes one
 address for the whole server.
@@ -14,10 +16,44 @@ import threading
 import urllib.request
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
 
 #: What Prometheus expects of the classic text format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+#: Scrapes served at once; more are turned away at once rather than queued.
+MAX_SCRAPES = 64
+#: How long a scraper may take to send its request or read the answer.
+SCRAPE_TIMEOUT = 2.0
+
+
+class _Endpoint(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with bounds: a real listen backlog, at most
+    :data:`MAX_SCRAPES` threads, and no traceback for a scraper that goes
+    away (a reset is the scraper's business, not the operator's)."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_SCRAPES)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: the scraper retries
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a scraper that reset or timed out: nothing to tell anyone
 
 
 def serve(host: str, port: int, collect: Callable[[], str]) -> ThreadingHTTPServer:
@@ -25,6 +61,10 @@ def serve(host: str, port: int, collect: Callable[[], str]) -> ThreadingHTTPServ
     returns the HTTP server (its ``server_address`` has the real port)."""
 
     class Metrics(BaseHTTPRequestHandler):
+        # A socket timeout for each scrape: a scraper that stalls cannot
+        # hold a thread.
+        timeout = SCRAPE_TIMEOUT
+
         def do_GET(self) -> None:  # http.server's naming
             if self.path.split("?")[0] != "/metrics":
                 self.send_error(404, "only /metrics is here")
@@ -39,8 +79,7 @@ def serve(host: str, port: int, collect: Callable[[], str]) -> ThreadingHTTPServ
         def log_message(self, format: str, *args: object) -> None:
             pass  # a scrape every few seconds is not news
 
-    httpd = ThreadingHTTPServer((host, port), Metrics)
-    httpd.daemon_threads = True
+    httpd = _Endpoint((host, port), Metrics)
     threading.Thread(target=httpd.serve_forever, name="sockdemo-metrics", daemon=True).start()
     return httpd
 

@@ -226,8 +226,15 @@ def add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> N
         "--metrics-port",
         type=port_arg,
         metavar="PORT",
-        help="serve the counters at http://HOST:PORT/metrics in Prometheus' text format "
-        "(with --workers, one endpoint adds up every worker's)",
+        help="serve the counters at http://127.0.0.1:PORT/metrics (see --metrics-host) in "
+        "Prometheus' text format (with --workers, one endpoint adds up every worker's)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address the metrics endpoint listens on (default 127.0.0.1: metrics are "
+        "not public unless you say so, whatever --host is)",
     )
     parser.add_argument(
         "--reuse-port",

@@ -120,7 +120,7 @@ def metrics_endpoint(args: argparse.Namespace, collect: Callable[[], str]) -> It
         return
     from .. import metrics
 
-    host = getattr(args, "metrics_host", None) or args.host
+    host = getattr(args, "metrics_host", None) or "127.0.0.1"
     try:
         httpd = metrics.serve(host, port, collect)
     except OSError as exc:
