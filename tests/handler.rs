@@ -188,3 +188,80 @@ fn a_failing_handler_closes_only_its_connection() {
     wait_until(|| server.0.stats().connections_active == 1);
     assert_eq!(server.0.stats().errors, 1);
 }
+
+/// The idle clock starts when a slow handler's reply goes out, not when
+/// its request came in: a client that pauses briefly after a slow answer
+/// is not idle. (Handler 0.8 s, pause 0.6 s, idle timeout 1 s: the timer
+/// set at the request fires after the reply and before the next request,
+/// and must see the reply as activity.)
+#[test]
+fn the_idle_clock_starts_at_a_slow_reply() {
+    struct Slow;
+    impl Handler for Slow {
+        fn reply(
+            &self,
+            _conn: &sockdemo::handling::Conn,
+            message: &[u8],
+        ) -> Result<Option<Vec<u8>>, String> {
+            thread::sleep(Duration::from_millis(800));
+            Ok(Some(message.to_ascii_uppercase()))
+        }
+    }
+    let config = Config {
+        idle_timeout: Some(Duration::from_secs(1)),
+        ..Config::default()
+    };
+    let server = start_with(config, Some(Arc::new(Slow)));
+    let mut sock = server.connect();
+    // The first call, on the network thread, shows the handler is slow:
+    // the next go to a handler thread while the connection's timer runs.
+    send(&mut sock, b"one");
+    assert_eq!(read_exactly(&mut sock, 3), b"ONE");
+    send(&mut sock, b"two");
+    assert_eq!(read_exactly(&mut sock, 3), b"TWO");
+    thread::sleep(Duration::from_millis(600)); // the client's own pause
+    send(&mut sock, b"six");
+    assert_eq!(read_exactly(&mut sock, 3), b"SIX");
+}
+
+/// Dropping a server whose handler is in the middle of a long call returns
+/// promptly: nothing waits for the call (it finishes on its own).
+#[test]
+fn dropping_a_server_mid_call_does_not_wait_for_the_call() {
+    struct Stuck(std::sync::mpsc::Sender<()>);
+    impl Handler for Stuck {
+        fn reply(
+            &self,
+            _conn: &sockdemo::handling::Conn,
+            _message: &[u8],
+        ) -> Result<Option<Vec<u8>>, String> {
+            let _ = self.0.send(());
+            thread::sleep(Duration::from_secs(30));
+            Ok(None)
+        }
+    }
+    let (calling, called) = std::sync::mpsc::channel();
+    let server = sockdemo::serve::Server::bind(
+        "127.0.0.1",
+        0,
+        Config::default(),
+        Some(sockdemo::handling::RunOn::from(
+            Arc::new(Stuck(calling)) as Arc<dyn Handler>
+        )),
+    )
+    .unwrap();
+    server.start(sockdemo::serve::Mode::Forever).unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    send(&mut sock, b"wait for ever");
+    called.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (dropped, done) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        drop(server);
+        let _ = dropped.send(());
+    });
+    // Generous: a drop takes milliseconds; waiting for the call, 30 s.
+    assert!(
+        done.recv_timeout(Duration::from_secs(10)).is_ok(),
+        "dropping the server waited for the handler"
+    );
+}
