@@ -7,6 +7,7 @@ streams are the independent peers where one is needed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -699,3 +701,59 @@ def test_an_async_handler_raising_a_base_exception_closes_only_its_connection(
     with caplog.at_level(logging.ERROR, logger="sockdemo.handler"):
         run(main())
     assert "boom" in caplog.text
+
+
+def test_an_aio_handler_that_refers_back_to_its_server_is_collected(run: Run[None]) -> None:
+    class App:
+        async def start(self) -> None:
+            self.server = await sockdemo.aio.start_server(self.handle, port=0)
+
+        async def handle(self, message: str) -> str:
+            return message.upper()
+
+    refs = []
+
+    async def main() -> None:
+        for _ in range(5):
+            app = App()
+            await app.start()
+            refs.append(weakref.ref(app))
+            host, port = app.server.server_address[:2]
+            async with await sockdemo.aio.connect(host, port, timeout=10) as client:
+                assert await client.request("x") == "X"
+            app.server.close()
+            await app.server.wait_closed()
+            del app
+
+    run(main())
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * 5
+
+
+def test_dropping_a_server_while_a_handler_is_suspended_closes_quietly(run: Run[None]) -> None:
+    """No panic reaches the loop: the connection closes, nothing raises."""
+    failures: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: failures.append(context))
+        started = asyncio.Event()
+
+        async def handler(message: str) -> str:
+            started.set()
+            await asyncio.Event().wait()  # suspended for ever
+            return message
+
+        server = await sockdemo.aio.start_server(handler, port=0, protocol="framed")
+        host, port = server.server_address[:2]
+        client = await sockdemo.aio.connect(host, port, "framed", timeout=10)
+        await client.send("hello")
+        await started.wait()
+        del server
+        gc.collect()
+        with pytest.raises(ConnectionError):
+            await client.receive()
+        await client.close()
+
+    run(main())
+    assert failures == []

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
+import os
 import socket
 import threading
+import weakref
 
 import pytest
 
 import sockdemo
-from conftest import BYE, PREFIX, connect, recv_exactly, recv_until_closed
+from conftest import BYE, PREFIX, connect, recv_exactly, recv_until_closed, wait_until
 
 
 def test_version_and_constants() -> None:
@@ -244,3 +247,36 @@ def test_an_unknown_host_is_a_gaierror_naming_it() -> None:
     assert info.value.errno == socket.EAI_NONAME
     with pytest.raises(socket.gaierror, match=r"no-such-host\.invalid"):
         sockdemo.Server("no-such-host.invalid", 0)
+
+
+class _App:
+    """The common pattern: the handler is a method of an object that holds
+    the server, a cycle through the server's Rust side."""
+
+    def __init__(self) -> None:
+        self.server = sockdemo.Server(port=0, handler=self.handle)
+        self.server.start()
+        with sockdemo.Client(*self.server.server_address[:2], timeout=10) as client:
+            assert client.request("hi") == "HI"
+
+    def handle(self, message: str) -> str:
+        return message.upper()
+
+
+def _open_resources() -> tuple[int, int]:
+    return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_handler_that_refers_back_to_its_server_is_collected() -> None:
+    gc.collect()
+    before = _open_resources()
+    apps = []
+    for _ in range(10):
+        app = _App()
+        apps.append(weakref.ref(app))
+        del app
+    gc.collect()
+    assert [ref() for ref in apps] == [None] * 10
+    # Their threads and descriptors go with them (threads end on their own).
+    wait_until(lambda: _open_resources() <= before)

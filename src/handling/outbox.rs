@@ -22,10 +22,7 @@ use crate::stats::Stats;
 
 /// One connection's outbox, shared by the connection and the handler pool.
 pub(crate) struct Outbox {
-    /// A duplicate of the connection's socket, for the pool to write to
-    /// (plain TCP only) and for a shutdown to close.
-    socket: Option<Socket>,
-    /// May the pool write to `socket`? Not under TLS.
+    /// May the pool write to the socket? Not under TLS.
     write_here: bool,
     /// The server's counters: replies are counted as they are delivered,
     /// before the client can see them.
@@ -42,6 +39,11 @@ pub(crate) struct Outbox {
 
 #[derive(Default)]
 struct State {
+    /// A duplicate of the connection's socket, for the pool to write to
+    /// (plain TCP only) and for a shutdown to close; let go when the
+    /// connection ends, so that a job held elsewhere (a handler suspended
+    /// on an event loop) cannot keep the connection open.
+    socket: Option<Socket>,
     in_flight: bool,
     /// The connection is closing: the socket is no longer the pool's to use.
     closed: bool,
@@ -97,10 +99,12 @@ impl Outbox {
         max_pending: usize,
     ) -> Self {
         Outbox {
-            socket: socket.map(Socket::from),
             write_here,
             stats,
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                socket: socket.map(Socket::from),
+                ..State::default()
+            }),
             settled: Notify::new(),
             needed: Notify::new(),
             max_pending,
@@ -154,25 +158,29 @@ impl Outbox {
     /// Writes what the socket takes of `out` now, if this side may write
     /// and nothing queued would be overtaken; returns how much.
     fn send_now(&self, state: &mut State, out: &[u8]) -> usize {
-        let Some(socket) = &self.socket else {
-            return 0;
-        };
         if !self.write_here || state.closed || state.writing || !state.unwritten.is_empty() {
             return 0;
         }
+        let Some(socket) = &state.socket else {
+            return 0;
+        };
         let mut written = 0;
+        let mut failed = None;
         while written < out.len() {
             match socket.send(&out[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // The connection will see the same on its next read;
-                    // report the first failure.
-                    state.error.get_or_insert(Error::Io(e));
+                    failed = Some(e);
                     break;
                 }
             }
+        }
+        // The connection will see the same on its next read; report the
+        // first failure.
+        if let Some(e) = failed {
+            state.error.get_or_insert(Error::Io(e));
         }
         written
     }
@@ -203,12 +211,12 @@ impl Outbox {
                 pending,
                 limit: self.max_pending,
             });
-            drop(state);
             // The connection may be waiting for the socket to take earlier
             // bytes, for as long as the write timeout: end that wait now.
-            if let Some(socket) = &self.socket {
+            if let Some(socket) = &state.socket {
                 let _ = socket.shutdown(std::net::Shutdown::Both);
             }
+            drop(state);
             self.needed.notify_one();
             return Pushed::TooSlow;
         }
@@ -287,11 +295,21 @@ impl Outbox {
     /// Closes the connection from outside, its task being stuck: the client
     /// sees the end, and no reply goes out any more.
     pub fn cut(&self) {
-        self.close();
-        if let Some(socket) = &self.socket {
+        let mut state = self.lock();
+        state.closed = true;
+        if let Some(socket) = &state.socket {
             // Already gone is as good as closed.
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// The connection has ended: its socket's duplicate is closed too.
+    pub fn release(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        let socket = state.socket.take();
+        drop(state);
+        drop(socket);
     }
 }
 

@@ -12,6 +12,7 @@ use std::future::{Future, poll_fn};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
@@ -19,6 +20,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_task::{Runnable, Task};
+use log::warn;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -180,7 +182,7 @@ impl Reactor {
     pub fn turn(&self) -> bool {
         self.turns.fetch_add(1, Ordering::Relaxed);
         // Set first: the tasks that ready sockets wake are run in this turn.
-        let previous = TURNING.with(|turning| turning.replace(self));
+        let turning = Turning::enter(self);
         self.collect();
         // Cleared once the bell's ring has been collected, not before: a
         // ring in between would have its bell taken by the collect while
@@ -201,13 +203,18 @@ impl Reactor {
                 drop(runnable);
                 continue;
             }
-            runnable.run();
+            // A task that panics (a runtime shut down under it, say) is
+            // dropped, which closes its connection; the loop goes on, and
+            // no panic reaches the code that turns it (Python's).
+            if std::panic::catch_unwind(AssertUnwindSafe(|| runnable.run())).is_err() {
+                warn!("A connection task on the event loop failed; its connection is closed.");
+            }
             ran += 1;
             if ran == TURN_BUDGET {
                 break;
             }
         }
-        TURNING.with(|turning| turning.set(previous));
+        drop(turning);
         if ran == TURN_BUDGET && !lock(&self.queue).is_empty() {
             self.ring();
         }
@@ -226,8 +233,9 @@ impl Reactor {
         if events.is_empty() {
             return;
         }
-        // Waking a task only queues it (this thread is turning), so the
-        // sources can stay locked meanwhile.
+        // The sources are looked up under their lock, and their tasks woken
+        // after it is let go.
+        let mut ready = Vec::with_capacity(events.iter().count());
         let sources = lock(&self.sources);
         for event in events.iter() {
             if event.token() == BELL {
@@ -247,8 +255,12 @@ impl Reactor {
                 if event.is_write_closed() || event.is_error() {
                     bits |= WRITE_CLOSED;
                 }
-                source.set(bits);
+                ready.push((source.clone(), bits));
             }
+        }
+        drop(sources);
+        for (source, bits) in ready {
+            source.set(bits);
         }
     }
 
@@ -311,6 +323,26 @@ impl Reactor {
     }
 }
 
+/// This thread is inside `reactor`'s turn until dropped, however the turn
+/// ends (a task's panic included).
+struct Turning {
+    previous: *const Reactor,
+}
+
+impl Turning {
+    fn enter(reactor: &Reactor) -> Self {
+        Turning {
+            previous: TURNING.with(|turning| turning.replace(reactor)),
+        }
+    }
+}
+
+impl Drop for Turning {
+    fn drop(&mut self) {
+        TURNING.with(|turning| turning.set(self.previous));
+    }
+}
+
 fn schedule(reactor: &Weak<Reactor>, runnable: Runnable) {
     match reactor.upgrade() {
         Some(reactor) => reactor.schedule(runnable),
@@ -362,15 +394,18 @@ impl Source {
         // (a task stores its waker only after seeing its bit clear).
         let before = self.ready.fetch_or(bits, Ordering::AcqRel);
         let bits = bits & !before;
-        if bits & ends_wait(READABLE) != 0
-            && let Some(waker) = lock(&self.reader).take()
-        {
-            waker.wake();
+        // Each waker is taken first and woken with no lock held.
+        if bits & ends_wait(READABLE) != 0 {
+            let reader = lock(&self.reader).take();
+            if let Some(waker) = reader {
+                waker.wake();
+            }
         }
-        if bits & ends_wait(WRITABLE) != 0
-            && let Some(waker) = lock(&self.writer).take()
-        {
-            waker.wake();
+        if bits & ends_wait(WRITABLE) != 0 {
+            let writer = lock(&self.writer).take();
+            if let Some(waker) = writer {
+                waker.wake();
+            }
         }
     }
 

@@ -119,6 +119,19 @@ impl Runner {
         }
     }
 
+    /// The server is dropped without a shutdown: idle threads leave; an
+    /// event loop's connections are dropped (closed) rather than run again,
+    /// since the runtime their timers need is going away.
+    pub fn abandon(&self) {
+        match &self.kind {
+            Kind::Pool(pool) => pool.close(),
+            Kind::Loop(bridge) => {
+                bridge.reactor().close();
+                bridge.finish();
+            }
+        }
+    }
+
     /// Waits briefly for idle handler threads to leave after a close.
     pub fn join_idle(&self) {
         if let Kind::Pool(pool) = &self.kind {

@@ -10,7 +10,9 @@
 //! thread state too, made at its first call and kept for the thread's life,
 //! so that each later call only takes the interpreter lock.
 
-use pyo3::exceptions::PyTypeError;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
@@ -18,6 +20,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 
 use super::convert::{address, decode_text, encode_text};
+use super::held::Held;
 use crate::address::py_address;
 use crate::handling::conn::Conn;
 use crate::handling::handler::{Detach, Handler};
@@ -25,7 +28,7 @@ use crate::handling::handler::{Detach, Handler};
 /// A Python callable `str -> str | bytes | None`, or `(str, (host, port))
 /// -> ...` when it takes the peer too.
 pub(super) struct PyHandler {
-    callable: Py<PyAny>,
+    callable: Arc<Held>,
     with_peer: bool,
 }
 
@@ -71,16 +74,24 @@ impl Handler for PyHandler {
 }
 
 impl PyHandler {
+    /// What the garbage collector must see of this handler.
+    pub fn held(&self) -> Arc<Held> {
+        self.callable.clone()
+    }
+
     pub fn new(py: Python<'_>, callable: Py<PyAny>) -> Self {
         let with_peer = wants_peer(callable.bind(py));
         PyHandler {
-            callable,
+            callable: Arc::new(Held::new(callable)),
             with_peer,
         }
     }
 
     fn call(&self, py: Python<'_>, peer: SocketAddr, message: &[u8]) -> PyResult<Option<Vec<u8>>> {
-        let reply = call_handler(self.callable.bind(py), self.with_peer, peer, message)?;
+        let Some(callable) = self.callable.get(py) else {
+            return Err(PyRuntimeError::new_err("the server is gone"));
+        };
+        let reply = call_handler(&callable, self.with_peer, peer, message)?;
         let reply = &reply;
         if reply.is_none() {
             Ok(None)

@@ -9,9 +9,11 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyStopIteration, PyTypeError};
+use pyo3::PyVisit;
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::pyclass::PyTraverseError;
 use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use std::net::SocketAddr;
 use super::convert::decode_text;
 use super::convert::{address, encode_text};
 use super::handler::{call_handler, log_failure, wants_peer};
+use super::held::Held;
 use super::session::{Connection, log_hook_failure};
 use crate::error::Error;
 use crate::handling::bridge::LoopBridge;
@@ -48,14 +51,14 @@ const MAX_ROUNDS: usize = 16;
 #[pyclass(frozen, module = "sockdemo._sockdemo")]
 pub(super) struct LoopHandler {
     pub(super) bridge: Arc<LoopBridge>,
-    handler: Py<PyAny>,
+    handler: Held,
     /// Does the handler take the peer's address too?
     with_peer: bool,
     /// `follow(job, awaitable, started, waiting)`: finishes a handler that
     /// suspended (or an awaitable not yet started) in a Task.
-    follow: Py<PyAny>,
+    follow: Held,
     /// Called once the server has finished serving.
-    finished: Py<PyAny>,
+    finished: Held,
     coroutine: Py<PyType>,
     /// `handler` opens a session per connection: called with the
     /// [`Connection`], it returns the object that takes the connection's
@@ -98,9 +101,9 @@ impl LoopHandler {
         Ok(LoopHandler {
             bridge: Arc::new(bridge),
             with_peer: wants_peer(handler.bind(py)),
-            handler,
-            follow,
-            finished,
+            handler: Held::new(handler),
+            follow: Held::new(follow),
+            finished: Held::new(finished),
             coroutine: py
                 .import("types")?
                 .getattr("CoroutineType")?
@@ -141,11 +144,30 @@ impl LoopHandler {
                 break;
             }
         }
-        if this.bridge.is_finished() {
-            this.finished.call0(slf.py())?;
+        if this.bridge.is_finished()
+            && let Some(finished) = this.finished.get(slf.py())
+        {
+            finished.call0()?;
         }
         Ok(())
     }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.handler.traverse(&visit)?;
+        self.follow.traverse(&visit)?;
+        self.finished.traverse(&visit)
+    }
+
+    fn __clear__(&self) {
+        self.handler.clear();
+        self.follow.clear();
+        self.finished.clear();
+    }
+}
+
+/// A callable the collector has cleared: its server is garbage.
+fn gone(callable: Option<Bound<'_, PyAny>>) -> PyResult<Bound<'_, PyAny>> {
+    callable.ok_or_else(|| PyRuntimeError::new_err("the server is gone"))
 }
 
 impl LoopHandler {
@@ -231,7 +253,7 @@ impl LoopHandler {
 
     /// Opens a session: the handler makes the connection's object.
     fn open<'py>(&self, py: Python<'py>, conn: &Arc<Conn>) -> PyResult<Bound<'py, PyAny>> {
-        let state = self.handler.bind(py).call1((Connection::new(conn),))?;
+        let state = gone(self.handler.get(py))?.call1((Connection::new(conn),))?;
         conn.set_state(Box::new(state.clone().unbind()));
         Ok(state)
     }
@@ -243,7 +265,7 @@ impl LoopHandler {
         peer: SocketAddr,
         message: &[u8],
     ) -> PyResult<Called<'py>> {
-        let result = call_handler(self.handler.bind(py), self.with_peer, peer, message)?;
+        let result = call_handler(&gone(self.handler.get(py))?, self.with_peer, peer, message)?;
         if result.get_type().is(self.coroutine.bind(py)) {
             return match result.call_method1(intern!(py, "send"), (py.None(),)) {
                 Ok(waiting) => Ok(Called::Suspended {
@@ -285,9 +307,7 @@ impl LoopHandler {
             owner: slf.clone().unbind(),
         };
         let followed = Py::new(py, pending).and_then(|pending| {
-            self.follow
-                .bind(py)
-                .call1((pending, awaitable, started, waiting))
+            gone(self.follow.get(py))?.call1((pending, awaitable, started, waiting))
         });
         if let Err(e) = followed {
             log_failure(py, peer, e);

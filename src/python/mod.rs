@@ -7,7 +7,8 @@
 //!   released, interruptible wait every blocking call goes through;
 //! * `convert`: seconds, protocol names, TLS options, addresses, messages;
 //! * `handler`: a Python callable as the reply handler, on threads that stay
-//!   attached to the interpreter;
+//!   attached to the interpreter; `held`: what the garbage collector must
+//!   see of it;
 //! * `server`, `client`: the `Server` and `Client` classes;
 //! * `session`: a `sockdemo.Session` per connection, and the `Connection`
 //!   it sends through;
@@ -24,6 +25,7 @@ mod client;
 mod convert;
 mod errors;
 mod handler;
+mod held;
 mod loop_client;
 mod loop_handler;
 mod server;

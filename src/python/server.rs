@@ -9,13 +9,16 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
+use pyo3::PyVisit;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pyclass::PyTraverseError;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
 use super::convert::{Message, address, parse_protocol, seconds};
 use super::errors::to_py;
 use super::handler::PyHandler;
+use super::held::Held;
 use super::loop_handler::LoopHandler;
 use super::session::PySession;
 use crate::handling::runner::RunOn;
@@ -45,6 +48,8 @@ pub(super) struct Server {
     inner: Arc<server::Server>,
     /// The sessions it runs, if it runs any (`session=`).
     sessions: Option<Arc<PySession>>,
+    /// The handler or session class the core holds, for the collector.
+    held: Option<Arc<Held>>,
 }
 
 #[pymethods]
@@ -132,18 +137,22 @@ impl Server {
                 "max_pending_bytes must be at least 1",
             ));
         }
-        let (run_on, sessions) = match (handler, session) {
+        let (run_on, sessions, held) = match (handler, session) {
             (Some(_), Some(_)) => {
                 return Err(PyValueError::new_err(
                     "give a handler or a session, not both",
                 ));
             }
-            (Some(handler), None) => (Some(handling(py, handler)?), None),
+            (Some(handler), None) => {
+                let (run_on, held) = handling(py, handler)?;
+                (Some(run_on), None, held)
+            }
             (None, Some(session)) => {
                 let sessions = session_class(py, session)?;
-                (Some(RunOn::Pool(sessions.clone())), Some(sessions))
+                let held = Some(sessions.held());
+                (Some(RunOn::Pool(sessions.clone())), Some(sessions), held)
             }
-            (None, None) => (None, None),
+            (None, None) => (None, None, None),
         };
         let inner = py
             .detach(|| server::Server::bind(&host, port, config, run_on))
@@ -151,6 +160,7 @@ impl Server {
         Ok(Server {
             inner: Arc::new(inner),
             sessions,
+            held,
         })
     }
 
@@ -252,6 +262,22 @@ impl Server {
         self.inner.metrics()
     }
 
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match &self.held {
+            Some(held) => held.traverse(&visit),
+            None => Ok(()),
+        }
+    }
+
+    /// Only ever called on a server nothing reachable refers to: it stops
+    /// (without waiting) and lets go of its handler.
+    fn __clear__(&self) {
+        if let Some(held) = &self.held {
+            held.clear();
+        }
+        self.inner.abandon();
+    }
+
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
@@ -270,6 +296,16 @@ impl Server {
             config.max_clients,
             if config.tls.is_some() { " tls" } else { "" }
         )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The handler threads may outlive this object by a moment: they
+        // must not keep the handler (and whatever it refers to) alive.
+        if let Some(held) = &self.held {
+            held.clear();
+        }
     }
 }
 
@@ -339,16 +375,19 @@ fn proxy_policy(on: bool, allow: Option<Vec<String>>) -> PyResult<Option<ProxyPo
 }
 
 /// How the server runs `handler`: on an event loop if it is a
-/// `LoopHandler` (`sockdemo.aio` makes one), else on handler threads.
-fn handling(py: Python<'_>, handler: Py<PyAny>) -> PyResult<RunOn> {
+/// `LoopHandler` (`sockdemo.aio` makes one, and shows the collector what it
+/// holds), else on handler threads; with what the collector must see.
+fn handling(py: Python<'_>, handler: Py<PyAny>) -> PyResult<(RunOn, Option<Arc<Held>>)> {
     let handler = handler.into_bound(py);
     if let Ok(on_loop) = handler.cast::<LoopHandler>() {
-        return Ok(RunOn::Loop(on_loop.get().bridge.clone()));
+        return Ok((RunOn::Loop(on_loop.get().bridge.clone()), None));
     }
     if !handler.is_callable() {
         return Err(PyTypeError::new_err("handler must be callable"));
     }
-    Ok(RunOn::Pool(Arc::new(PyHandler::new(py, handler.unbind()))))
+    let handler = PyHandler::new(py, handler.unbind());
+    let held = handler.held();
+    Ok((RunOn::Pool(Arc::new(handler)), Some(held)))
 }
 
 /// The sessions a `session=` class runs: a subclass of `sockdemo.Session`.

@@ -16,6 +16,7 @@ use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use super::convert::{Message, address, decode_text, encode_text};
 use super::errors::to_py;
 use super::handler::{call_attached, enter_attached};
+use super::held::Held;
 use crate::address::py_address;
 use crate::handling::conn::Conn;
 use crate::handling::handler::{Detach, Handler};
@@ -92,7 +93,7 @@ impl Connection {
 /// A `sockdemo.Session` subclass run on the handler threads: an instance per
 /// connection, its hooks called in order with the connection's messages.
 pub(super) struct PySession {
-    class: Py<PyAny>,
+    class: Arc<Held>,
     /// A weak reference to the Python server, the sessions' `self.server`;
     /// set when it starts serving.
     server: OnceLock<Py<PyAny>>,
@@ -101,9 +102,14 @@ pub(super) struct PySession {
 impl PySession {
     pub fn new(class: Py<PyAny>) -> Self {
         PySession {
-            class,
+            class: Arc::new(Held::new(class)),
             server: OnceLock::new(),
         }
+    }
+
+    /// What the garbage collector must see of these sessions.
+    pub fn held(&self) -> Arc<Held> {
+        self.class.clone()
     }
 
     /// The sessions' `self.server` is `server` from now on.
@@ -116,7 +122,10 @@ impl PySession {
 
     /// Makes the connection's session object and runs its `connected()`.
     fn open(&self, py: Python<'_>, conn: &Arc<Conn>) -> PyResult<()> {
-        let session = self.class.bind(py).call0()?;
+        let Some(class) = self.class.get(py) else {
+            return Err(PyTypeError::new_err("the server is gone"));
+        };
+        let session = class.call0()?;
         let server = match self.server.get() {
             Some(weak) => weak.bind(py).call0()?,
             None => py.None().into_bound(py),

@@ -245,6 +245,16 @@ struct Connection<'a, S> {
     registered: &'a Registered<'a>,
 }
 
+impl<S> Drop for Connection<'_, S> {
+    /// However the connection ends (its task dropped included), the
+    /// duplicate of its socket goes with it.
+    fn drop(&mut self) {
+        if let Some(conn) = &self.conn {
+            conn.outbox().release();
+        }
+    }
+}
+
 /// What woke a connection waiting for its next bytes.
 enum Woken {
     Shutdown,

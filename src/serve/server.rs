@@ -237,6 +237,9 @@ impl Server {
         if let Some(running) = state.running.take() {
             running.shutdown.cancel();
         }
+        if let Some(runner) = &self.shared.runner {
+            runner.abandon();
+        }
         if let Some(runtime) = state.runtime.take() {
             runtime.shutdown_background();
         }
@@ -273,6 +276,11 @@ impl Drop for Server {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         if let Some(running) = state.running.take() {
             running.shutdown.cancel();
+        }
+        // Idle handler threads leave now rather than after their idle time,
+        // and let go of the handler with them.
+        if let Some(runner) = &self.shared.runner {
+            runner.abandon();
         }
         // Never block in drop: tasks still winding down are simply dropped.
         if let Some(runtime) = state.runtime.take() {
