@@ -5,6 +5,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+BUILD_TOOLS := $(VENV)/.build-tools-installed
 TOOLS  := $(VENV)/.tools-installed
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
@@ -16,15 +17,20 @@ all: build
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(TOOLS): pyproject.toml | $(PY)
-	@echo "Installing the build and test tools into $(VENV)..."
+$(BUILD_TOOLS): pyproject.toml | $(PY)
+	@echo "Installing the build tool (maturin) into $(VENV)..."
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=25.1"
+	@$(PY) -m pip install --quiet --disable-pip-version-check --group build
+	@touch $@
+
+$(TOOLS): pyproject.toml $(BUILD_TOOLS)
+	@echo "Installing the test tools into $(VENV)..."
 	@$(PY) -m pip install --quiet --disable-pip-version-check --group test
 	@touch $@
 
 ## build: compile the Rust core (release) into .venv
 ## (its output goes to .venv/build.log, shown only if it fails)
-build: $(TOOLS)
+build: $(BUILD_TOOLS)
 	@echo "Building the Rust core (release; the first build takes a minute or two)..."
 	@$(VENV)/bin/maturin develop --release --quiet > $(VENV)/build.log 2>&1 \
 		|| { cat $(VENV)/build.log; exit 1; }
@@ -35,7 +41,7 @@ run: build
 
 ## test: Rust unit and integration tests, then the pytest suite; both run
 ## and report even when the first fails, and the target fails if either did
-test: build
+test: build $(TOOLS)
 	@rust=0; python=0; \
 	cargo test --quiet || rust=$$?; \
 	$(PY) -m pytest || python=$$?; \
@@ -45,13 +51,13 @@ test: build
 
 ## stress-test: make test RUNS times (default 10) with two busy loops on the
 ## cores and SIGINT ignored, as CI and nohup start jobs; prints the tally
-stress-test: build
+stress-test: build $(TOOLS)
 	@bash tests/stress.sh $(or $(RUNS),10)
 
 test-rust:
 	cargo test --quiet
 
-test-python: build
+test-python: build $(TOOLS)
 	$(PY) -m pytest
 
 ## wheel: the abi3 wheel (one for every Python 3.9+) and the sdist, in dist/
@@ -71,7 +77,7 @@ test-matrix: wheel
 	$(PY) tests/matrix.py
 
 ## lint: formatting, clippy, ruff, mypy --strict, and the .pyi stub against the module
-lint: build
+lint: build $(TOOLS)
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings
@@ -82,7 +88,7 @@ lint: build
 
 ## bench: side-by-side benchmark against tokio, uvloop, asyncio, socketserver
 ## (ARGS="--quick" for a one-round smoke run)
-bench: build
+bench: build $(TOOLS)
 	$(PY) -m pip install --quiet uvloop matplotlib
 	cargo build --release --quiet --example tokio_reference --example tokio_relay \
 		--example fanout_client

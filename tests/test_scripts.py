@@ -58,8 +58,11 @@ def test_v2_conversation_ends_with_bye_and_server_goes_on(run) -> None:
     assert code == 0
     assert lines == [
         f"Connected to server 127.0.0.1:{port}",
-        "> Received from server: Server received: hello",
-        "> > > Received from server: Server acknowledging bye. Goodbye!",
+        "Enter messages to send (type 'quit' or 'exit' to stop):",
+        "> Sending: hello",
+        "Received from server: Server received: hello",
+        "> > > Sending: bye",
+        "Received from server: Server acknowledging bye. Goodbye!",
         "Closing connection.",
     ]
     assert re.fullmatch(rf"Connected by {ADDRESS}", server.line())
@@ -86,7 +89,11 @@ def test_quit_and_exit_leave_without_telling_the_server(run, word) -> None:
     client.send(f"{word}\n")
     code, lines = client.finish()
     assert code == 0
-    assert lines == [f"Connected to server 127.0.0.1:{port}", "> Closing connection."]
+    assert lines == [
+        f"Connected to server 127.0.0.1:{port}",
+        "Enter messages to send (type 'quit' or 'exit' to stop):",
+        "> Closing connection.",
+    ]
     server.wait_for("Connected by")
     closed = server.line()
     # A clean exit is an ordinary close, not an "unexpected" one.
@@ -119,8 +126,12 @@ def test_a_server_that_goes_away_ends_the_session_normally(run) -> None:
         # Closed without a reply.
         code, lines = client.finish()
     assert code == 0
-    # (the prompt, with no input echoed, shares the line)
-    assert lines[-2:] == ["> Server closed the connection.", "Closing connection."]
+    # (the prompt, with no input echoed, shares a line)
+    assert lines[-3:] == [
+        "> Sending: hello",
+        "Server closed the connection.",
+        "Closing connection.",
+    ]
     assert_no_traceback(lines)
 
 

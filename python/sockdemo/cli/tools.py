@@ -66,7 +66,8 @@ def _send_all(client: Client, messages: Sequence[str]) -> int:
 
 
 def _converse(client: Client) -> int:
-    """The interactive loop of ``client.v2.py``."""
+    """The interactive loop of ``client.v2.py``, worded as the original."""
+    say("Enter messages to send (type 'quit' or 'exit' to stop):")
     while True:
         try:
             message = input("> ")
@@ -83,6 +84,7 @@ def _converse(client: Client) -> int:
             # The original sent an empty message and then waited forever for
             # a reply that an empty send never asks for.
             continue
+        say(f"Sending: {shown(message)}")
         try:
             reply = client.request(message)
         except KeyboardInterrupt:
