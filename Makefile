@@ -10,7 +10,7 @@ TOOLS  := $(VENV)/.tools-installed
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: all build run test test-rust test-python stress-test wheel test-matrix lint bench mutants clean
+.PHONY: all build run test test-rust test-python stress-test wheel wheels check-platforms test-matrix lint bench mutants clean
 
 all: build
 
@@ -70,10 +70,24 @@ wheel: $(TOOLS)
 		|| { cat $(VENV)/wheel.log; exit 1; }
 	@ls dist/
 
-## test-matrix: that wheel installed and tested on every CPython 3.9-3.13
-## found (pyenv or PATH), stubs checked on the oldest and newest; then the
-## sdist installed with plain pip
-test-matrix: wheel
+## wheels: every wheel a user would install, cross-built here: manylinux2014
+## x86_64 and aarch64 (glibc 2.17+), macOS x86_64 and arm64, Windows x86_64;
+## the sdist; twine check (installs mingw-w64, ziglang and rustup targets)
+wheels: $(TOOLS)
+	@bash .ci/platforms wheels
+
+## check-platforms: cargo check and clippy -D warnings, with the Python module,
+## for Windows x86_64 and macOS x86_64 and arm64 (tests run on Linux only)
+check-platforms: $(BUILD_TOOLS)
+	@bash .ci/platforms check
+
+## test-matrix: the manylinux2014 x86_64 wheel installed and tested on every
+## CPython 3.9-3.13 found (pyenv or PATH), stubs checked on the oldest and
+## newest; then the sdist installed with plain pip
+test-matrix: $(TOOLS)
+	@rm -f dist/sockdemo-*
+	@echo "Building the manylinux2014 wheel and the sdist into dist/..."
+	@bash .ci/platforms manylinux > $(VENV)/wheel.log 2>&1 || { cat $(VENV)/wheel.log; exit 1; }
 	$(PY) tests/matrix.py
 
 ## lint: formatting, clippy, ruff, mypy --strict, and the .pyi stub against the module

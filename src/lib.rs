@@ -25,7 +25,7 @@
 //! * [`tls`]: rustls configurations from PEM files, development certificates.
 //! * [`stats`]: the counters a server keeps.
 //! * [`error`]: the one error type.
-//! * `socket`: what a connection needs of its socket.
+//! * [`socket`]: what a connection needs of its socket, on every platform.
 //! * [`wait`]: blocking waits that stay interruptible.
 //! * [`address`]: addresses as Python prints them, for log lines.
 //! * `python`: the pyo3 module (a folder, a file per concept); the only
@@ -37,7 +37,7 @@ pub mod error;
 pub mod handling;
 pub mod protocol;
 pub mod serve;
-mod socket;
+pub mod socket;
 pub mod stats;
 pub mod tls;
 pub mod wait;

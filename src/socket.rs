@@ -9,13 +9,39 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::AsFd;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+/// A socket's number as the operating system knows it, and as an event
+/// loop's `add_reader` takes it: a descriptor on Unix, a `SOCKET` on Windows.
+#[cfg(unix)]
+pub type RawDescriptor = std::os::fd::RawFd;
+/// A socket's number as the operating system knows it, and as an event
+/// loop's `add_reader` takes it: a descriptor on Unix, a `SOCKET` on Windows.
+#[cfg(windows)]
+pub type RawDescriptor = std::os::windows::io::RawSocket;
+
+/// A second handle on the socket behind `socket`, for another thread to
+/// write to or shut down; `None` if the system refuses one.
+#[cfg(unix)]
+pub(crate) fn duplicate(socket: &impl std::os::fd::AsFd) -> Option<socket2::Socket> {
+    socket.as_fd().try_clone_to_owned().ok().map(socket2::Socket::from)
+}
+
+/// A second handle on the socket behind `socket`, for another thread to
+/// write to or shut down; `None` if the system refuses one.
+#[cfg(windows)]
+pub(crate) fn duplicate(socket: &impl std::os::windows::io::AsSocket) -> Option<socket2::Socket> {
+    socket.as_socket().try_clone_to_owned().ok().map(socket2::Socket::from)
+}
+
 /// A connected TCP socket a connection can be served over.
-pub(crate) trait Socket: AsyncRead + AsyncWrite + AsFd + Unpin + Send + 'static {
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// A second handle on the socket, for other threads to write replies
+    /// to without waking the connection (see `outbox`).
+    fn duplicate(&self) -> Option<socket2::Socket>;
+
     /// Completes when the socket may have bytes to read (or has an error or
     /// the peer's end to tell).
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
@@ -29,6 +55,10 @@ pub(crate) trait Socket: AsyncRead + AsyncWrite + AsFd + Unpin + Send + 'static 
 }
 
 impl Socket for TcpStream {
+    fn duplicate(&self) -> Option<socket2::Socket> {
+        duplicate(self)
+    }
+
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         TcpStream::readable(self)
     }

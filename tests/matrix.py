@@ -149,10 +149,11 @@ def main() -> int:
     parser.add_argument("--versions", nargs="*", default=VERSIONS)
     parser.add_argument("--no-sdist", action="store_true", help="skip the sdist install")
     args = parser.parse_args()
-    wheels = sorted(args.dist.glob("sockdemo-*-abi3-*.whl"))
+    # The manylinux2014 x86_64 wheel: the one a Linux user installs.
+    wheels = sorted(args.dist.glob("sockdemo-*-abi3-*manylinux*x86_64*.whl"))
     sdists = sorted(args.dist.glob("sockdemo-*.tar.gz"))
     if not wheels:
-        say(f"no abi3 wheel in {args.dist}: run 'make wheel' first")
+        say(f"no manylinux x86_64 abi3 wheel in {args.dist}: run 'make test-matrix'")
         return 2
     results: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="sockdemo-matrix-") as tmp:

@@ -16,7 +16,6 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 
 use rustls::ClientConnection;
 use socket2::{Domain, Protocol as IpProtocol, SockAddr, Socket, Type};
@@ -25,6 +24,14 @@ use super::config::Config;
 use super::replies::{check_raw_reply, decode_framed_reply, reply_codec};
 use crate::error::{Error, Result};
 use crate::protocol::{Codec, Decoded, Protocol};
+use crate::socket::RawDescriptor;
+
+/// What a non-blocking connect says while it is under way.
+#[cfg(unix)]
+const CONNECTING: i32 = libc::EINPROGRESS;
+/// What a non-blocking connect says while it is under way (WSAEWOULDBLOCK).
+#[cfg(windows)]
+const CONNECTING: i32 = 10035;
 
 /// The most one read takes in.
 const READ: usize = 64 * 1024;
@@ -86,7 +93,7 @@ impl LoopClient {
         match socket.connect(&SockAddr::from(addr)) {
             Ok(()) => {}
             // A non-blocking connect under way.
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) if e.raw_os_error() == Some(CONNECTING) => {}
             Err(e) => return Err(Error::from_io(e)),
         }
         let tls = match &config.tls {
@@ -113,8 +120,11 @@ impl LoopClient {
     }
 
     /// The descriptor the loop watches.
-    pub fn fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
+    pub fn fd(&self) -> RawDescriptor {
+        #[cfg(unix)]
+        return std::os::fd::AsRawFd::as_raw_fd(&self.socket);
+        #[cfg(windows)]
+        return std::os::windows::io::AsRawSocket::as_raw_socket(&self.socket);
     }
 
     /// The server's address.

@@ -8,12 +8,12 @@
 //! one job in flight, so the queue holds at most one per connection.
 
 use std::io;
-use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, ThreadId};
 
 use crate::handling::job::Job;
 use crate::handling::reactor::Reactor;
+use crate::socket::RawDescriptor;
 use crate::stats::Load;
 
 /// Replies of one round written by a network thread rather than the loop
@@ -101,7 +101,7 @@ impl LoopBridge {
     /// jobs to take, sockets to serve, or the server has finished. When it
     /// is, the loop calls [`LoopBridge::woken`], then turns the reactor and
     /// [`LoopBridge::take`]s until neither has anything.
-    pub fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> RawDescriptor {
         self.reactor.fd()
     }
 
@@ -221,7 +221,7 @@ impl LoopBridge {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use crate::handling::job::testing::{Pending, job, wait};

@@ -10,7 +10,6 @@
 //! reader is too slow, and the connection closes.
 
 use std::io;
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -93,7 +92,7 @@ impl Outbox {
     /// descriptor): writing to it if `write_here`, handing everything back
     /// to the connection otherwise.
     pub fn new(
-        socket: Option<OwnedFd>,
+        socket: Option<Socket>,
         write_here: bool,
         stats: Arc<Stats>,
         max_pending: usize,
@@ -102,7 +101,7 @@ impl Outbox {
             write_here,
             stats,
             state: Mutex::new(State {
-                socket: socket.map(Socket::from),
+                socket,
                 ..State::default()
             }),
             settled: Notify::new(),

@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -26,11 +25,12 @@ use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Handle;
 
-use crate::socket::Socket;
+use crate::socket::{RawDescriptor, Socket, duplicate};
 
 /// The bell's place among the sockets' tokens (which are slab keys).
 const BELL: Token = Token(usize::MAX);
 /// Ready sockets collected per system call.
+#[cfg_attr(not(unix), allow(dead_code))]
 const EVENTS: usize = 256;
 /// Tasks one turn runs before it lets the loop do its other work (the rest
 /// ring the bell, so the loop comes straight back).
@@ -99,6 +99,21 @@ impl Reactor {
     /// When the epoll instance or the bell cannot be made (out of
     /// descriptors, say).
     pub fn new() -> io::Result<Arc<Self>> {
+        // The loop must be able to watch the reactor like a socket: Unix's
+        // epoll and kqueue are descriptors, Windows' completion ports are
+        // not (and its Proactor loop watches no descriptor at all).
+        #[cfg(not(unix))]
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "serving connections on an event loop needs Unix (a descriptor the loop can \
+             watch); on this system use sockdemo.Server, whose handlers run on threads",
+        ));
+        #[cfg(unix)]
+        Self::on_unix()
+    }
+
+    #[cfg(unix)]
+    fn on_unix() -> io::Result<Arc<Self>> {
         let poll = mio::Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let bell = mio::Waker::new(&registry, BELL)?;
@@ -119,8 +134,12 @@ impl Reactor {
 
     /// The descriptor the loop watches for reading; when it is readable,
     /// the loop calls [`Reactor::turn`].
-    pub fn fd(&self) -> RawFd {
-        lock(&self.poll).0.as_raw_fd()
+    pub fn fd(&self) -> RawDescriptor {
+        #[cfg(unix)]
+        return std::os::fd::AsRawFd::as_raw_fd(&lock(&self.poll).0);
+        // No reactor is made elsewhere (see `new`).
+        #[cfg(not(unix))]
+        return RawDescriptor::MAX;
     }
 
     /// Wakes the loop, unless it has been woken since its last turn began,
@@ -464,6 +483,10 @@ impl LoopStream {
 }
 
 impl Socket for LoopStream {
+    fn duplicate(&self) -> Option<socket2::Socket> {
+        duplicate(&self.io)
+    }
+
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
         poll_fn(|cx| self.source.poll_ready(READABLE, cx).map(Ok))
     }
@@ -537,11 +560,6 @@ impl AsyncWrite for LoopStream {
     }
 }
 
-impl AsFd for LoopStream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.as_fd()
-    }
-}
 
 impl Drop for LoopStream {
     fn drop(&mut self) {
@@ -552,7 +570,7 @@ impl Drop for LoopStream {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 pub(crate) mod testing {
     use std::os::fd::RawFd;
     use std::time::Duration;
@@ -579,7 +597,7 @@ pub(crate) mod testing {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use std::future::pending;
     use std::io::{Read, Write};

@@ -124,3 +124,12 @@ pub(super) fn address<'py>(py: Python<'py>, addr: SocketAddr) -> PyResult<Bound<
         SocketAddr::V6(a) => (host, a.port(), a.flowinfo(), a.scope_id()).into_pyobject(py),
     }
 }
+
+/// A descriptor (Unix) or `SOCKET` (Windows) as the int Python's event
+/// loops take; -1 if it could not be one.
+pub(super) fn descriptor(raw: crate::socket::RawDescriptor) -> i64 {
+    #[cfg(unix)]
+    return i64::from(raw);
+    #[cfg(windows)]
+    return i64::try_from(raw).unwrap_or(-1);
+}

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use super::convert::{Message, address, client_tls, decode_text, parse_protocol};
+use super::convert::descriptor;
 use super::errors::to_py;
 use crate::clients;
 use crate::clients::loop_client::{self, Want};
@@ -58,8 +59,10 @@ impl LoopClient {
         })
     }
 
-    fn fileno(&self) -> i32 {
-        self.inner.as_ref().map_or(-1, loop_client::LoopClient::fd)
+    fn fileno(&self) -> i64 {
+        self.inner
+            .as_ref()
+            .map_or(-1, |client| descriptor(client.fd()))
     }
 
     /// The server's `(host, port)`.

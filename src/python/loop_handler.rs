@@ -18,7 +18,7 @@ use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
 use std::net::SocketAddr;
 
-use super::convert::decode_text;
+use super::convert::{decode_text, descriptor};
 use super::convert::{address, encode_text};
 use super::handler::{call_handler, log_failure, wants_peer};
 use super::held::Held;
@@ -114,8 +114,8 @@ impl LoopHandler {
     }
 
     /// The descriptor to watch for reading.
-    fn fileno(&self) -> i32 {
-        self.bridge.fd()
+    fn fileno(&self) -> i64 {
+        descriptor(self.bridge.fd())
     }
 
     /// Serves what is ready: the connections' sockets and the tasks they

@@ -565,10 +565,8 @@ impl<S: Socket> Connection<'_, S> {
         self.conn
             .get_or_insert_with(|| {
                 let (socket, write_here) = match transport {
-                    Transport::Plain(stream) => (stream.as_fd().try_clone_to_owned().ok(), true),
-                    Transport::Tls(stream) => {
-                        (stream.get_ref().0.as_fd().try_clone_to_owned().ok(), false)
-                    }
+                    Transport::Plain(stream) => (stream.duplicate(), true),
+                    Transport::Tls(stream) => (stream.get_ref().0.duplicate(), false),
                 };
                 let outbox = Outbox::new(
                     socket,

@@ -314,6 +314,16 @@ fn bind_one(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<StdL
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
+    // Windows has no SO_REUSEPORT (its SO_REUSEADDR lets another process
+    // steal the port, which is not what sharing means here).
+    #[cfg(not(unix))]
+    if reuse_port {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "sharing a port between processes (reuse_port, --workers) needs SO_REUSEPORT, \
+             which this system does not have",
+        ));
+    }
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     socket.set_nonblocking(true)?;

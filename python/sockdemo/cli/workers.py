@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
+import socket
 import sys
 
 from .. import supervisor
@@ -18,6 +20,11 @@ WORKER_COMMAND = (sys.executable, "-m", "sockdemo.cli.worker")
 
 
 def supervise(args: argparse.Namespace) -> int:
+    if not hasattr(socket, "SO_REUSEPORT") or not hasattr(signal, "SIGHUP"):
+        return fail(
+            "--workers needs SO_REUSEPORT and POSIX signals, which this system does not have; "
+            "run one server (it uses every core for the network) or several behind a balancer"
+        )
     try:
         load_callables(args)
     except HandlerError as exc:
