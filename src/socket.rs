@@ -26,14 +26,22 @@ pub type RawDescriptor = std::os::windows::io::RawSocket;
 /// write to or shut down; `None` if the system refuses one.
 #[cfg(unix)]
 pub(crate) fn duplicate(socket: &impl std::os::fd::AsFd) -> Option<socket2::Socket> {
-    socket.as_fd().try_clone_to_owned().ok().map(socket2::Socket::from)
+    socket
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(socket2::Socket::from)
 }
 
 /// A second handle on the socket behind `socket`, for another thread to
 /// write to or shut down; `None` if the system refuses one.
 #[cfg(windows)]
 pub(crate) fn duplicate(socket: &impl std::os::windows::io::AsSocket) -> Option<socket2::Socket> {
-    socket.as_socket().try_clone_to_owned().ok().map(socket2::Socket::from)
+    socket
+        .as_socket()
+        .try_clone_to_owned()
+        .ok()
+        .map(socket2::Socket::from)
 }
 
 /// A connected TCP socket a connection can be served over.

@@ -197,3 +197,28 @@ fn impossible_settings_are_refused() {
     };
     assert!(Server::bind("127.0.0.1", 0, config, None).is_ok());
 }
+
+/// With no prefix the reply is the input: a burst comes back byte for byte
+/// (however it was read), and a `bye` in it still ends the session after
+/// the replies before it.
+#[test]
+fn with_no_prefix_a_burst_comes_back_as_sent_and_bye_still_ends_it() {
+    let config = Config {
+        reply_prefix: Vec::new(),
+        ..Config::default()
+    };
+    let server = start(config);
+    let mut sock = server.connect();
+    let burst: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut writer = sock.try_clone().unwrap();
+    let sent = burst.clone();
+    let sender = std::thread::spawn(move || send(&mut writer, &sent));
+    assert_eq!(read_exactly(&mut sock, burst.len()), burst);
+    sender.join().unwrap();
+    // A burst whose last message is a goodbye: the messages before it come
+    // back, then the goodbye, then the close.
+    let mut last = vec![b'z'; 2048];
+    last.extend_from_slice(b"bye");
+    send(&mut sock, &last);
+    assert_eq!(read_until_closed(&mut sock), [&last[..2048], BYE].concat());
+}

@@ -560,7 +560,6 @@ impl AsyncWrite for LoopStream {
     }
 }
 
-
 impl Drop for LoopStream {
     fn drop(&mut self) {
         // Explicitly: a duplicate of the descriptor (an outbox's) would keep

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use super::convert::{Message, address, client_tls, decode_text, parse_protocol};
 use super::convert::descriptor;
+use super::convert::{Message, address, client_tls, decode_text, parse_protocol};
 use super::errors::to_py;
 use crate::clients;
 use crate::clients::loop_client::{self, Want};

@@ -18,8 +18,8 @@ use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 
 use std::net::SocketAddr;
 
-use super::convert::{decode_text, descriptor};
 use super::convert::{address, encode_text};
+use super::convert::{decode_text, descriptor};
 use super::handler::{call_handler, log_failure, wants_peer};
 use super::held::Held;
 use super::session::{Connection, log_hook_failure};

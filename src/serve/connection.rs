@@ -29,7 +29,7 @@ use crate::handling::conn::Conn;
 use crate::handling::job::Stage;
 use crate::handling::outbox::{Delivered, Outbox};
 use crate::handling::runner::Runner;
-use crate::protocol::{BYE_REPLY, Codec, Decoded, Reply, is_bye};
+use crate::protocol::{BYE_REPLY, Codec, Decoded, Protocol, Reply, is_bye};
 use crate::serve::config::Config;
 use crate::serve::eviction::{Registered, Registry};
 use crate::socket::Socket;
@@ -284,6 +284,9 @@ impl<S: Socket> Connection<'_, S> {
         // When the message now partly in `inbuf` must be complete by.
         let mut message_deadline: Option<Instant> = None;
         let mut read_size = READ_CHUNK;
+        // Bytes read in the burst under way (reads that filled their buffer,
+        // and the one that ended it).
+        let mut burst = 0;
         // This connection's share of the buffered-bytes budget.
         let mut budget: Option<OwnedSemaphorePermit> = None;
         // Has the client sent anything yet?
@@ -431,11 +434,17 @@ impl<S: Socket> Connection<'_, S> {
                 return Ok(End::Closed);
             }
             // A read that filled all it asked for is a burst: ask for more
-            // next time. Anything less, and the next read is small again.
+            // next time. Anything less ends the burst, and the next one
+            // starts at the size that would have taken this one whole: a
+            // client that sends 100 KiB at a time is read in one call per
+            // message, one that sends a line at a time in small reads.
+            burst += n;
             read_size = if n >= want {
                 (read_size * 2).min(MAX_READ)
             } else {
-                READ_CHUNK
+                std::mem::take(&mut burst)
+                    .next_power_of_two()
+                    .clamp(READ_CHUNK, MAX_READ)
             };
             shared.stats.received(n);
         }
@@ -444,6 +453,9 @@ impl<S: Socket> Connection<'_, S> {
     /// Answers every whole message at the front of `inbuf` with the echo,
     /// at most `allowance` of them.
     async fn echo(&mut self, inbuf: &mut BytesMut, allowance: Option<u64>) -> Result<Batch> {
+        if let Some(batch) = self.pass_through(inbuf, allowance).await? {
+            return Ok(batch);
+        }
         let shared = self.shared;
         let codec = &shared.codec;
         let mut batch = Batch::default();
@@ -483,6 +495,40 @@ impl<S: Socket> Connection<'_, S> {
         }
         self.flush(&mut out, unflushed).await?;
         Ok(batch)
+    }
+
+    /// Raw with no prefix, the replies are the bytes read, cut as a raw read
+    /// would have cut them: written back from the read buffer as they are,
+    /// in one write, unless one of them is a `bye` (or a message limit or
+    /// per-message logging asks for the messages one by one).
+    async fn pass_through(
+        &mut self,
+        inbuf: &mut BytesMut,
+        allowance: Option<u64>,
+    ) -> Result<Option<Batch>> {
+        let shared = self.shared;
+        let codec = &shared.codec;
+        if codec.protocol() != Protocol::Raw
+            || !shared.config.reply_prefix.is_empty()
+            || allowance.is_some()
+            || self.log_messages
+            || inbuf.is_empty()
+        {
+            return Ok(None);
+        }
+        let size = codec.buffer_size();
+        if inbuf.chunks(size).any(is_bye) {
+            return Ok(None);
+        }
+        let messages = inbuf.len().div_ceil(size) as u64;
+        // Counted before the peer can see the replies, as `flush` does.
+        shared.stats.answered(messages, inbuf.len());
+        self.write(inbuf).await?;
+        inbuf.clear();
+        Ok(Some(Batch {
+            taken: messages,
+            ..Batch::default()
+        }))
     }
 
     /// Hands every whole message at the front of `inbuf` (at most

@@ -72,6 +72,7 @@ class Workload:
     memory: bool = False  # the point is peak memory, not speed
     handler: str | None = None  # a function of handlers.py
     workers: bool = False  # --workers 2 against --workers 1
+    prefix: str | None = None  # the reply prefix, when not the default
 
     @property
     def reference(self) -> str:
@@ -99,6 +100,8 @@ WORKLOADS = [
     Workload("async handler, 10 conn x 64 B", 10, 64, handler="async_echo"),
     Workload("async handler, 100 conn x 64 B", 100, 64, handler="async_echo"),
     Workload("100 µs handler, 100 conn x 64 B", 100, 64, handler="busy100", workers=True),
+    # Last, so that the numbers of the others (--workloads) stay as they were.
+    Workload("10 conn x 100 KiB (raw pass-through)", 10, 100 * 1024, prefix=""),
 ]
 
 
@@ -131,6 +134,9 @@ def server_commands(workload: Workload) -> dict[str, list[str]]:
         if workload.handler == "echo":
             # The same reply through a session's `received`.
             contenders["sockdemo + session"] = [*SOCKDEMO, "--session", "handlers:EchoSession"]
+    elif workload.prefix is not None:
+        # The reply is the input: the reference reads 256 KiB at a time.
+        contenders = {"sockdemo": SOCKDEMO, REFERENCE: [str(TOKIO_REFERENCE)]}
     else:
         contenders = {
             "sockdemo": SOCKDEMO,
@@ -255,6 +261,8 @@ class Row:
 
 
 def measure(argv: list[str], workload: Workload, duration: float, cores: set[int] | None) -> Sample:
+    if workload.prefix is not None:
+        argv = [*argv, "--prefix", workload.prefix]
     server = ServerProcess(argv, workload.protocol, cores)
     try:
         cpu_before = server.cpu_seconds()
@@ -265,6 +273,7 @@ def measure(argv: list[str], workload: Workload, duration: float, cores: set[int
             size=workload.size,
             duration=duration,
             protocol=workload.protocol,
+            **({} if workload.prefix is None else {"prefix": workload.prefix}),
         )
         cpu = server.cpu_seconds() - cpu_before
         peak = server.peak_rss_mib()

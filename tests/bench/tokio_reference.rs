@@ -22,7 +22,7 @@ fn is_bye(message: &[u8]) -> bool {
 
 #[tokio::main]
 async fn main() -> io::Result<()> {
-    let (mut port, mut framed) = (0u16, false);
+    let (mut port, mut framed, mut pass_through) = (0u16, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
@@ -32,9 +32,10 @@ async fn main() -> io::Result<()> {
                     .map_err(|e| io::Error::other(format!("--port: {e}")))?
             }
             ("--protocol", Some(p)) => framed = p == "framed",
+            ("--prefix", Some(p)) => pass_through = p.is_empty(),
             _ => {
                 return Err(io::Error::other(
-                    "usage: tokio_reference [--port N] [--protocol raw|framed]",
+                    "usage: tokio_reference [--port N] [--protocol raw|framed] [--prefix '']",
                 ));
             }
         }
@@ -47,6 +48,8 @@ async fn main() -> io::Result<()> {
         tokio::spawn(async move {
             let _ = if framed {
                 serve_framed(socket).await
+            } else if pass_through {
+                serve_pass_through(socket).await
             } else {
                 serve_raw(socket).await
             };
@@ -69,6 +72,22 @@ async fn serve_raw(mut socket: TcpStream) -> io::Result<()> {
         out.extend_from_slice(PREFIX);
         out.extend_from_slice(&buf[..n]);
         socket.write_all(&out).await?;
+    }
+}
+
+/// Raw with no prefix: the reply is the input, read 256 KiB at a time and
+/// written back as it came (one read and one write per message).
+async fn serve_pass_through(mut socket: TcpStream) -> io::Result<()> {
+    let mut buf = vec![0; 256 * 1024];
+    loop {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if is_bye(&buf[..n]) {
+            return socket.write_all(BYE).await;
+        }
+        socket.write_all(&buf[..n]).await?;
     }
 }
 
