@@ -130,3 +130,22 @@ def test_bench_runs_while_other_threads_use_python(serve) -> None:
     # half a second; released, it keeps counting throughout.
     assert during > 1000
     assert longest_gap < 0.25, longest_gap
+
+
+@pytest.mark.parametrize(
+    ("server_protocol", "bench_protocol", "advice"),
+    [
+        ("framed", "raw", "answers in frames: use the framed protocol"),
+        ("raw", "framed", "does not answer in frames"),
+    ],
+)
+def test_bench_against_the_other_protocol_says_so_and_fails(
+    run, serve, server_protocol: str, bench_protocol: str, advice: str
+) -> None:
+    server = serve(protocol=server_protocol)
+    port = str(server.server_address[1])
+    code, lines = run(
+        "-m", "bench", "--port", port, "--duration", "5", "--protocol", bench_protocol
+    ).finish()
+    assert code == 1, lines
+    assert lines[-1].startswith("Error: ") and advice in lines[-1], lines

@@ -12,8 +12,9 @@
 //! `progress` once a second (the live progress line).
 
 use std::io;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -22,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::replies::{check_raw_reply, decode_framed_reply};
 use crate::error::{Error, Result};
 use crate::protocol::{
     Codec, DEFAULT_BUFFER_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PREFIX, Decoded, Protocol,
@@ -133,6 +135,18 @@ struct Counters {
     unopened: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// The server speaks another protocol (framed, raw, TLS) than the one
+    /// asked for: no request can succeed, so the run stops and says so.
+    wrong: Mutex<Option<String>>,
+}
+
+impl Counters {
+    fn wrong(&self) -> Option<String> {
+        self.wrong
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Runs the load and returns the report.
@@ -187,6 +201,7 @@ pub fn run(
             codec,
             counters: counters.clone(),
             payload: payload(seed, options.size),
+            peer: OnceLock::new(),
         };
         let outcome = Outcome::new(new_histogram()?);
         tasks.push(runtime.spawn(worker.run(outcome, released.clone())));
@@ -220,6 +235,10 @@ pub fn run(
             runtime.shutdown_background();
             return Err(e);
         }
+        if let Some(wrong) = counters.wrong() {
+            runtime.shutdown_background();
+            return Err(Error::Protocol(wrong));
+        }
         std::thread::sleep(TICK.min(end.saturating_duration_since(Instant::now())));
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(1);
@@ -240,6 +259,9 @@ pub fn run(
     });
     let elapsed = start.elapsed();
     runtime.shutdown_background();
+    if let Some(wrong) = counters.wrong() {
+        return Err(Error::Protocol(wrong));
+    }
 
     let mut histogram = new_histogram()?;
     let mut report = Report {
@@ -294,6 +316,8 @@ struct Worker {
     codec: Codec,
     counters: Arc<Counters>,
     payload: Vec<u8>,
+    /// The server's address, once connected: what the advice names.
+    peer: OnceLock<SocketAddr>,
 }
 
 struct Outcome {
@@ -360,6 +384,9 @@ impl Worker {
             .await
             .map_err(|_| Error::Timeout(CONNECT_TIMEOUT))??;
         tcp.set_nodelay(true)?;
+        if let Ok(peer) = tcp.peer_addr() {
+            let _ = self.peer.set(peer);
+        }
         match &self.options.tls {
             None => Ok(Stream::Plain(tcp)),
             Some((config, name)) => {
@@ -433,7 +460,9 @@ impl Worker {
                 // The common case, one piece, is a single comparison.
                 Protocol::Raw if reply == expected => RawCheck::Complete,
                 Protocol::Raw => raw.feed(&reply[start..]),
-                Protocol::Framed => match self.codec.decode(reply)? {
+                Protocol::Framed => match self.codec.decode(reply).inspect_err(|_| {
+                    self.wrong_protocol(reply);
+                })? {
                     Decoded::Incomplete { .. } => RawCheck::Partial,
                     Decoded::Message(_) if reply == expected => RawCheck::Complete,
                     Decoded::Message(_) => RawCheck::Mismatch,
@@ -443,6 +472,7 @@ impl Worker {
                 RawCheck::Partial => continue,
                 RawCheck::Complete => return Ok(()),
                 RawCheck::Mismatch => {
+                    self.wrong_protocol(reply);
                     return Err(Error::Protocol(format!(
                         "wrong reply ({} bytes, expected {})",
                         reply.len(),
@@ -450,6 +480,34 @@ impl Worker {
                     )));
                 }
             }
+        }
+    }
+}
+
+impl Worker {
+    /// A reply that is not the one expected: if it shows the server speaks
+    /// another protocol, the run stops with the client's own advice.
+    fn wrong_protocol(&self, reply: &[u8]) {
+        let tls = self.options.tls.is_some();
+        // Named as the server was, when its address is not known yet.
+        let peer = self
+            .peer
+            .get()
+            .copied()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], self.options.port)));
+        let verdict = match self.codec.protocol() {
+            Protocol::Raw => check_raw_reply(reply, peer, tls).err(),
+            Protocol::Framed => decode_framed_reply(&self.codec, reply, peer, tls)
+                .err()
+                .filter(|e| matches!(e, Error::Protocol(_))),
+        };
+        if let Some(Error::Protocol(advice)) = verdict {
+            let mut wrong = self
+                .counters
+                .wrong
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            wrong.get_or_insert(advice);
         }
     }
 }
