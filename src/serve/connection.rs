@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use log::{Level, debug, info, log, warn};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, timeout};
@@ -27,7 +27,7 @@ use crate::address::py_address;
 use crate::error::{Error, Result};
 use crate::handling::conn::Conn;
 use crate::handling::job::Stage;
-use crate::handling::outbox::{Delivered, Outbox};
+use crate::handling::outbox::Delivered;
 use crate::handling::runner::Runner;
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Protocol, Reply, is_bye};
 use crate::serve::config::Config;
@@ -225,24 +225,24 @@ pub(crate) async fn serve<S: Socket>(
 /// wait on the handler. On shutdown a connection stops reading, waits for a
 /// handler already running for it (up to the shutdown timeout), finishes the
 /// reply it is writing (with a short grace period), and closes.
-struct Connection<'a, S> {
-    transport: Transport<S>,
-    peer: Arc<str>,
+pub(super) struct Connection<'a, S> {
+    pub(super) transport: Transport<S>,
+    pub(super) peer: Arc<str>,
     /// The client's address (behind a proxy, the one its header gave).
-    addr: SocketAddr,
-    shared: &'a Shared,
-    session: Session,
-    shutdown: &'a CancellationToken,
-    log_messages: bool,
+    pub(super) addr: SocketAddr,
+    pub(super) shared: &'a Shared,
+    pub(super) session: Session,
+    pub(super) shutdown: &'a CancellationToken,
+    pub(super) log_messages: bool,
     /// The connection as its handler sees it, with the outbox its replies
     /// and pushes go through; made at the first job (at once for a session).
-    conn: Option<Arc<Conn>>,
+    pub(super) conn: Option<Arc<Conn>>,
     /// The session's `opened` hook has run without failing.
-    opened: bool,
+    pub(super) opened: bool,
     /// The session asked to close the connection.
-    ended: bool,
+    pub(super) ended: bool,
     /// This connection's idleness, as a full server sees it.
-    registered: &'a Registered<'a>,
+    pub(super) registered: &'a Registered<'a>,
 }
 
 impl<S> Drop for Connection<'_, S> {
@@ -601,72 +601,10 @@ impl<S: Socket> Connection<'_, S> {
         Ok(batch)
     }
 
-    /// The connection as its handler sees it, made at its first job. Its
-    /// outbox, over plain TCP, holds a duplicate of the socket's descriptor,
-    /// for other threads to write replies without waking this task.
-    fn conn(&mut self) -> Arc<Conn> {
-        let transport = &self.transport;
-        let shared = self.shared;
-        let addr = self.addr;
-        self.conn
-            .get_or_insert_with(|| {
-                let (socket, write_here) = match transport {
-                    Transport::Plain(stream) => (stream.duplicate(), true),
-                    Transport::Tls(stream) => (stream.get_ref().0.duplicate(), false),
-                };
-                let outbox = Outbox::new(
-                    socket,
-                    write_here,
-                    shared.stats.clone(),
-                    shared.config.max_pending_bytes,
-                );
-                let id = shared.hub.next_id();
-                Arc::new(Conn::new(id, addr, shared.codec, Arc::new(outbox)))
-            })
-            .clone()
-    }
-
-    /// The outbox, once the connection has one.
-    fn outbox(&self) -> Option<&Arc<Outbox>> {
-        self.conn.as_ref().map(|conn| conn.outbox())
-    }
-
-    /// Opens the session: the connection joins the hub, and its `opened`
-    /// hook runs before any message is handed over.
-    async fn open_session(&mut self, runner: &Runner) -> Result<()> {
-        let conn = self.conn();
-        self.shared.hub.join(conn.clone());
-        conn.outbox().begin();
-        runner.submit(conn, Stage::Open, Bytes::new(), Vec::new());
-        self.settle().await?;
-        self.opened = true;
-        Ok(())
-    }
-
-    /// Closes the session: the connection leaves the hub, takes no more
-    /// pushes, and its `closed` hook runs, after every message's.
-    async fn close_session(&mut self) {
-        let Some(conn) = self.conn.clone() else {
-            return;
-        };
-        self.shared.hub.leave(conn.id());
-        let Some(runner) = self.shared.runner.as_ref().filter(|_| self.opened) else {
-            return;
-        };
-        // A job still in flight (one that failed, or met a shutdown) is
-        // settled first: the hook runs after every message's.
-        let _ = self.settle().await;
-        conn.outbox().close();
-        conn.outbox().begin();
-        runner.submit(conn, Stage::Close, Bytes::new(), Vec::new());
-        // Bounded like any wait for a handler once shutdown is asked.
-        let _ = self.settle().await;
-    }
-
     /// Waits for the job in flight, if any, to be settled, and writes what
     /// the pool left; once shutdown is asked, waits at most the shutdown
     /// timeout more.
-    async fn settle(&mut self) -> Result<()> {
+    pub(super) async fn settle(&mut self) -> Result<()> {
         let Some(outbox) = self.outbox().cloned() else {
             return Ok(());
         };

@@ -4,6 +4,7 @@
 //! * `engine`: the accept loop, the connection limit, graceful shutdown.
 //! * [`server`]: the engine behind a blocking handle Python drives.
 //! * `connection`: one client's session: buffers, timeouts, replies.
+//! * `conversation`: its handler's view of it, its outbox, a session's hooks.
 //! * `transport`: a connection's byte stream, plain or TLS.
 //! * `eviction`: which connections are idle, so a full server can make room.
 //! * `hub`: a session server's open connections, for broadcasts.
@@ -11,6 +12,7 @@
 
 pub mod config;
 pub(crate) mod connection;
+mod conversation;
 mod engine;
 mod eviction;
 mod hub;

@@ -14,12 +14,20 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     from .._sockdemo import Connection as _CoreConnection
     from .._sockdemo import PendingJob
-    from .server import Server
+
+
+class SessionServer(Protocol):
+    """What a session sees of its :class:`sockdemo.aio.Server`."""
+
+    @property
+    def server_address(self) -> tuple[Any, ...]: ...
+
+    def broadcast(self, message: str | bytes, exclude: Any = None) -> int: ...
 
 __all__ = ["AsyncSession", "Connection"]
 
@@ -41,7 +49,7 @@ class Connection:
     connection's number, ``conn.server`` the :class:`sockdemo.aio.Server`.
     """
 
-    def __init__(self, core: _CoreConnection, server: Server) -> None:
+    def __init__(self, core: _CoreConnection, server: SessionServer) -> None:
         self._core = core
         self.id: int = core.id
         self.peer: tuple[Any, ...] = core.peer
@@ -115,7 +123,7 @@ class Connection:
 
 def opener(
     session: AsyncSession,
-    server: Callable[[], Server | None],
+    server: Callable[[], SessionServer | None],
     tasks: set[asyncio.Task[None]],
     loop: asyncio.AbstractEventLoop,
 ) -> Callable[[_CoreConnection], Connection]:
