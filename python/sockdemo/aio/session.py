@@ -29,6 +29,7 @@ class SessionServer(Protocol):
 
     def broadcast(self, message: str | bytes, exclude: Any = None) -> int: ...
 
+
 __all__ = ["AsyncSession", "Connection"]
 
 AsyncSession = Callable[["Connection"], Awaitable[None]]
