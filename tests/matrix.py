@@ -3,7 +3,7 @@
 For each CPython from 3.9 to 3.13 found (through pyenv, or as ``python3.X``
 on PATH), this makes a fresh virtual environment, installs the one abi3
 wheel from ``dist/`` with the test tools, and runs the pytest suite from a
-scratch copy of ``tests/``, the four scripts and the docs: a folder with no
+scratch copy of ``tests/``, the four scripts, the examples and the docs: a folder with no
 ``sockdemo`` sources in it, so every test imports the installed package. On
 the oldest and the newest it also checks the type stubs against the module
 (``mypy.stubtest``). Then it installs the sdist with a plain ``pip install``
@@ -76,8 +76,11 @@ def venv(python: Path, where: Path, packages: list[str]) -> Path | None:
 
 
 def scratch_copy(where: Path) -> Path:
-    """tests/, the scripts and the docs, without the package sources."""
-    shutil.copytree(ROOT / "tests", where / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    """tests/, the scripts, the examples and the docs, without the package
+    sources."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "tests", where / "tests", ignore=ignore)
+    shutil.copytree(ROOT / "examples", where / "examples", ignore=ignore)
     (where / "python").mkdir()
     for script in (ROOT / "python").glob("*.py"):
         shutil.copy(script, where / "python")
