@@ -78,6 +78,10 @@ def test_two_people_chat_with_nicknames(
     server = spawn(*server_argv)
     port = chat_port(server)
     alice = join(spawn, port)
+    # A reply to /who comes after the session has joined: bob's arrival
+    # is then sure to be told to alice.
+    alice.send("/who\n")
+    alice.wait_for("here:")
     bob = join(spawn, port)
     alice.wait_for("joined")  # bob's arrival
     alice.send("/nick alice\n")
@@ -87,7 +91,7 @@ def test_two_people_chat_with_nicknames(
     bob.send("hello alice\n")
     assert alice.wait_for("hello alice") == "bob: hello alice"
     alice.send("/who\n")
-    assert alice.wait_for("here:") == "here: alice, bob"
+    assert alice.wait_for("here: alice") == "here: alice, bob"
     bob.proc.stdin.close()  # type: ignore[union-attr]  # Ctrl+D
     assert bob.wait_for("Input stream closed.") == "Input stream closed."
     code, lines = bob.finish()
