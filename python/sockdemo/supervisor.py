@@ -159,7 +159,11 @@ class Supervisor:
         self.workers: list[Worker | None] = [None] * count
         self.backoff = [0.0] * count
         self.restart_at: list[float | None] = [None] * count
-        self.events: queue.Queue[int] = queue.Queue()
+        # A SimpleQueue: its put() is safe in a signal handler, which may run
+        # while this thread is inside get(). A Queue's put() then waits for
+        # the lock its own thread holds, for ever (seen: a SIGHUP that never
+        # reloaded, the supervisor stuck).
+        self.events: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def metrics(self) -> str:
         """Every worker's counters, added up."""
