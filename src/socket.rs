@@ -58,6 +58,10 @@ pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// [`io::ErrorKind::WouldBlock`] when it takes nothing.
     fn try_write(&self, data: &[u8]) -> io::Result<usize>;
 
+    /// Reads what has arrived, without waiting;
+    /// [`io::ErrorKind::WouldBlock`] when nothing has.
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+
     /// Sends small writes at once rather than waiting to coalesce them.
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()>;
 }
@@ -73,6 +77,10 @@ impl Socket for TcpStream {
 
     fn try_write(&self, data: &[u8]) -> io::Result<usize> {
         TcpStream::try_write(self, data)
+    }
+
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::try_read(self, buf)
     }
 
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {

@@ -499,6 +499,14 @@ impl Socket for LoopStream {
         result
     }
 
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let result = (&self.io).read(buf);
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            self.source.clear(READABLE);
+        }
+        result
+    }
+
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         self.io.set_nodelay(nodelay)
     }

@@ -756,5 +756,10 @@ impl<S: Socket> Connection<'_, S> {
             self.transport.shutdown(),
         )
         .await;
+        let _ = until(
+            Some(Instant::now() + SHUTDOWN_GRACE),
+            self.transport.drain(MAX_READ),
+        )
+        .await;
     }
 }

@@ -114,6 +114,38 @@ impl<S: Socket> Transport<S> {
         }
     }
 
+    /// After the goodbye, reads and drops what the client sent that will
+    /// never be answered (a pipelined burst past a message limit, say), up
+    /// to `limit` bytes or the client's own close. Closing a socket with
+    /// unread bytes makes the kernel send a reset, which can destroy replies
+    /// the client has not read yet. Nothing unread, nothing to wait for.
+    pub(crate) async fn drain(&mut self, limit: usize) {
+        let Transport::Plain(stream) = self else {
+            return;
+        };
+        // On the heap: an array here would be part of every connection's
+        // task, idle or not, for the one moment it is used.
+        let mut scratch = vec![0u8; 4096];
+        let mut dropped = 0;
+        loop {
+            match stream.try_read(&mut scratch) {
+                Ok(0) => return,
+                Ok(n) => {
+                    dropped += n;
+                    if dropped >= limit {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && dropped > 0 => {
+                    if stream.readable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Says goodbye at the transport level: FIN, or close_notify then FIN.
     pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
         match self {
