@@ -92,19 +92,24 @@ impl PyHandler {
             return Err(PyRuntimeError::new_err("the server is gone"));
         };
         let reply = call_handler(&callable, self.with_peer, peer, message)?;
-        let reply = &reply;
-        if reply.is_none() {
-            Ok(None)
-        } else if let Ok(text) = reply.cast::<PyString>() {
-            encode_text(text).map(Some)
-        } else if let Ok(bytes) = reply.cast::<PyBytes>() {
-            Ok(Some(bytes.as_bytes().to_vec()))
-        } else {
-            Err(PyTypeError::new_err(format!(
-                "handler must return str, bytes or None, not {}",
-                reply.get_type().name()?
-            )))
-        }
+        reply_bytes(&reply, "handler")
+    }
+}
+
+/// A reply as bytes: `str` encoded, `bytes` as they are, `None` for none;
+/// anything else is `who`'s mistake, named in the error.
+pub(super) fn reply_bytes(reply: &Bound<'_, PyAny>, who: &str) -> PyResult<Option<Vec<u8>>> {
+    if reply.is_none() {
+        Ok(None)
+    } else if let Ok(text) = reply.cast::<PyString>() {
+        encode_text(text).map(Some)
+    } else if let Ok(bytes) = reply.cast::<PyBytes>() {
+        Ok(Some(bytes.as_bytes().to_vec()))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{who} must return str, bytes or None, not {}",
+            reply.get_type().name()?
+        )))
     }
 }
 
@@ -188,6 +193,13 @@ pub(super) fn call_handler<'py>(
 /// Logs a handler's exception under `sockdemo.handler` with its traceback,
 /// formatted by Python's own logging; returns its text.
 pub(super) fn log_failure(py: Python<'_>, peer: SocketAddr, err: PyErr) -> String {
+    let what = format!("Handler failed for the message from {}", py_address(peer));
+    log_exception(py, &what, err)
+}
+
+/// Logs `err` under `sockdemo.handler` as `what`, with its traceback,
+/// formatted by Python's own logging; returns its text.
+pub(super) fn log_exception(py: Python<'_>, what: &str, err: PyErr) -> String {
     let text = err.to_string();
     let logged = py
         .import("logging")
@@ -195,11 +207,7 @@ pub(super) fn log_failure(py: Python<'_>, peer: SocketAddr, err: PyErr) -> Strin
         .and_then(|logger| {
             let kwargs = PyDict::new(py);
             kwargs.set_item("exc_info", err.into_value(py))?;
-            logger.call_method(
-                "error",
-                ("Handler failed for the message from %s", py_address(peer)),
-                Some(&kwargs),
-            )
+            logger.call_method("error", ("%s", what), Some(&kwargs))
         });
     if let Err(e) = logged {
         e.print(py);

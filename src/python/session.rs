@@ -11,11 +11,11 @@ use std::sync::{Arc, OnceLock, Weak};
 use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::PyTuple;
 
-use super::convert::{Message, address, decode_text, encode_text};
+use super::convert::{Message, address, decode_text};
 use super::errors::to_py;
-use super::handler::{call_attached, enter_attached};
+use super::handler::{call_attached, enter_attached, log_exception, reply_bytes};
 use super::held::Held;
 use crate::address::py_address;
 use crate::handling::conn::Conn;
@@ -182,7 +182,7 @@ impl Handler for PySession {
             let received = || -> PyResult<Option<Vec<u8>>> {
                 let text = decode_text(py, message)?;
                 let reply = kept(conn)?.received.bind(py).call1((text,))?;
-                reply_bytes(&reply)
+                reply_bytes(&reply, "received()")
             };
             received().map_err(|e| log_hook_failure(py, "received", conn.peer(), e))
         })
@@ -199,40 +199,9 @@ impl Handler for PySession {
     }
 }
 
-/// What a session's `received()` returned, as the bytes of a reply.
-fn reply_bytes(reply: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
-    if reply.is_none() {
-        Ok(None)
-    } else if let Ok(text) = reply.cast::<PyString>() {
-        encode_text(text).map(Some)
-    } else if let Ok(bytes) = reply.cast::<PyBytes>() {
-        Ok(Some(bytes.as_bytes().to_vec()))
-    } else {
-        Err(PyTypeError::new_err(format!(
-            "received() must return str, bytes or None, not {}",
-            reply.get_type().name()?
-        )))
-    }
-}
-
 /// Logs an exception raised by a session's `hook` under `sockdemo.handler`,
 /// with its traceback; returns its text.
 pub(super) fn log_hook_failure(py: Python<'_>, hook: &str, peer: SocketAddr, err: PyErr) -> String {
-    let text = err.to_string();
-    let logged = py
-        .import("logging")
-        .and_then(|logging| logging.call_method1("getLogger", ("sockdemo.handler",)))
-        .and_then(|logger| {
-            let kwargs = PyDict::new(py);
-            kwargs.set_item("exc_info", err.into_value(py))?;
-            logger.call_method(
-                "error",
-                ("Session %s() failed for %s", hook, py_address(peer)),
-                Some(&kwargs),
-            )
-        });
-    if let Err(e) = logged {
-        e.print(py);
-    }
-    text
+    let what = format!("Session {hook}() failed for {}", py_address(peer));
+    log_exception(py, &what, err)
 }
