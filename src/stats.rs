@@ -80,12 +80,22 @@ fn kind(error: &Error) -> &'static str {
 #[must_use = "a connection dropped at once is counted closed at once"]
 pub(crate) struct Open<'a> {
     stats: &'a Stats,
+    /// It holds a client slot (it is being served), not just opening.
+    seated: bool,
 }
 
 impl Open<'_> {
+    /// The connection took a client slot.
+    pub fn seated(&mut self) {
+        if !std::mem::replace(&mut self.seated, true) {
+            self.stats.opening.dec();
+            self.stats.active.inc();
+        }
+    }
+
     /// The connection ended: `Err` with its failure, or how it ended.
     pub fn closed(self, how: Result<Closed, &Error>) {
-        self.stats.connection_closed(how);
+        self.stats.connection_closed(self.seated, how);
         std::mem::forget(self);
     }
 }
@@ -93,7 +103,8 @@ impl Open<'_> {
 impl Drop for Open<'_> {
     fn drop(&mut self) {
         // Its task was dropped: only a shutdown cutting it does that.
-        self.stats.connection_closed(Ok(Closed::Shutdown));
+        self.stats
+            .connection_closed(self.seated, Ok(Closed::Shutdown));
     }
 }
 
@@ -101,6 +112,7 @@ impl Drop for Open<'_> {
 pub struct Stats {
     registry: Registry,
     accepted: IntCounter,
+    opening: IntGauge,
     active: IntGauge,
     closed: Vec<IntCounter>,
     errors: Vec<IntCounter>,
@@ -137,8 +149,11 @@ pub struct Load {
 pub struct Snapshot {
     /// Connections accepted since the server was created.
     pub connections_accepted: u64,
-    /// Connections being served now.
+    /// Connections being served now (holding a client slot).
     pub connections_active: u64,
+    /// Connections accepted and still opening (PROXY header, TLS handshake,
+    /// first message), or waiting for a slot.
+    pub connections_opening: u64,
     /// Messages answered.
     pub messages: u64,
     /// Bytes read from clients, framing included.
@@ -202,6 +217,10 @@ impl Stats {
         add(Box::new(handler_seconds.clone()));
         Stats {
             accepted: counter("connections_accepted_total", "Connections accepted."),
+            opening: gauge(
+                "connections_opening",
+                "Connections accepted and not yet served: opening, or waiting for a slot.",
+            ),
             active: gauge("connections_active", "Connections being served now."),
             closed: family(
                 "connections_closed_total",
@@ -242,6 +261,7 @@ impl Stats {
         Snapshot {
             connections_accepted: self.accepted.get(),
             connections_active: self.active.get().max(0) as u64,
+            connections_opening: self.opening.get().max(0) as u64,
             messages: self.messages_out.get(),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
@@ -262,17 +282,24 @@ impl Stats {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    /// A connection is being served: counted closed once, when it says how
-    /// it ended or, if it never gets to (the server dropped it as it shut
-    /// down), as closed by the shutdown.
+    /// A connection was accepted: counted opening until it is seated, and
+    /// closed once, when it says how it ended or, if it never gets to (the
+    /// server dropped it as it shut down), as closed by the shutdown.
     pub(crate) fn connection_opened(&self) -> Open<'_> {
         self.accepted.inc();
-        self.active.inc();
-        Open { stats: self }
+        self.opening.inc();
+        Open {
+            stats: self,
+            seated: false,
+        }
     }
 
-    fn connection_closed(&self, how: Result<Closed, &Error>) {
-        self.active.dec();
+    fn connection_closed(&self, seated: bool, how: Result<Closed, &Error>) {
+        if seated {
+            self.active.dec();
+        } else {
+            self.opening.dec();
+        }
         let reason = match how {
             Ok(reason) => reason,
             // Its handler was cancelled as the server closed: no failure.
@@ -319,7 +346,8 @@ mod tests {
     #[test]
     fn the_text_format_carries_every_counter() {
         let stats = Stats::new();
-        let bye = stats.connection_opened();
+        let mut bye = stats.connection_opened();
+        bye.seated();
         let timed_out = stats.connection_opened();
         let cut = stats.connection_opened();
         stats.received(10);
@@ -337,6 +365,7 @@ mod tests {
         for line in [
             "sockdemo_connections_accepted_total 3",
             "sockdemo_connections_active 0",
+            "sockdemo_connections_opening 0",
             "sockdemo_connections_closed_total{reason=\"bye\"} 1",
             // A connection dropped unclosed was cut by a shutdown.
             "sockdemo_connections_closed_total{reason=\"shutdown\"} 1",

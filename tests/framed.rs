@@ -236,7 +236,9 @@ fn a_close_mid_frame_is_an_error_and_between_frames_is_not() {
     drop(clean);
     let finished = |n| {
         let stats = server.0.stats();
-        stats.connections_accepted == n && stats.connections_active == 0
+        stats.connections_accepted == n
+            && stats.connections_active == 0
+            && stats.connections_opening == 0
     };
     wait_until(|| finished(1));
     assert_eq!(server.0.stats().errors, 0);

@@ -121,45 +121,95 @@ fn idle_timeout_closes_after_its_time() {
     assert_eq!(server.0.stats().errors, 0, "an idle close is not an error");
 }
 
-/// When every slot is taken by silent connections, a new client is served
-/// once the longest-idle one has been idle long enough; a silent connection
-/// is left alone while slots are free.
+/// When every slot is taken by clients that have gone quiet, a new client is
+/// served once the one quiet the longest has been quiet long enough; a quiet
+/// connection is left alone while slots are free.
 #[test]
-fn a_full_server_makes_room_by_closing_the_longest_idle() {
+fn a_full_server_makes_room_by_closing_the_longest_quiet() {
     let after = std::time::Duration::from_millis(300);
     let server = start(Config {
         max_clients: 2,
         evict_idle_after: Some(after),
         ..Config::default()
     });
+    let round_trip = |sock: &mut std::net::TcpStream, message: &[u8]| {
+        send(sock, message);
+        assert_eq!(
+            read_exactly(sock, PREFIX.len() + message.len()),
+            [PREFIX, message].concat()
+        );
+    };
     let mut oldest = server.connect();
-    wait_until(|| server.0.stats().connections_active == 1);
+    round_trip(&mut oldest, b"first");
+    // Quiet past the eviction time, but a slot is free: still served.
     std::thread::sleep(after * 2);
-    // Idle past the eviction time, but a slot is free: still served.
-    send(&mut oldest, b"still here");
-    assert_eq!(
-        read_exactly(&mut oldest, PREFIX.len() + 10),
-        [PREFIX, b"still here"].concat()
-    );
+    round_trip(&mut oldest, b"still here");
     let mut younger = server.connect();
-    wait_until(|| server.0.stats().connections_active == 2);
-    // Full: a third client waits until the longest-idle connection goes.
+    round_trip(&mut younger, b"me too");
+    assert_eq!(server.0.stats().connections_active, 2);
+    // Full: a third client waits until the connection quiet the longest goes.
     let mut newcomer = server.connect();
     let started = std::time::Instant::now();
-    send(&mut newcomer, b"let me in");
-    assert_eq!(
-        read_exactly(&mut newcomer, PREFIX.len() + 9),
-        [PREFIX, b"let me in"].concat()
-    );
+    round_trip(&mut newcomer, b"let me in");
     assert!(started.elapsed() < after * 4, "{:?}", started.elapsed());
     assert!(read_until_closed(&mut oldest).is_empty());
-    send(&mut younger, b"and me?");
-    assert_eq!(
-        read_exactly(&mut younger, PREFIX.len() + 7),
-        [PREFIX, b"and me?"].concat()
-    );
+    round_trip(&mut younger, b"and me?");
     server.0.shutdown();
     assert_eq!(server.0.stats().errors, 0, "making room is not a failure");
+}
+
+/// Connections that have said nothing whole hold no slot. When every
+/// handshake place is taken and another client connects, the opening
+/// connection furthest behind goes: a silent one before one that has sent
+/// part of a message, the oldest of equals first.
+#[test]
+fn opening_connections_make_way_for_a_client_that_speaks() {
+    let server = start(Config {
+        protocol: sockdemo::Protocol::Framed,
+        max_clients: 1,
+        max_handshakes: 3,
+        evict_idle_after: None,
+        ..Config::default()
+    });
+    let mut talker = server.connect();
+    // Declares 5 bytes, sends 2.
+    send(&mut talker, &[0, 0, 0, 5, b'h', b'e']);
+    let mut silent_old = server.connect();
+    let mut silent_young = server.connect();
+    wait_until(|| server.0.stats().connections_opening == 3);
+    assert_eq!(server.0.stats().connections_active, 0);
+
+    let mut newcomer = server.connect();
+    send(&mut newcomer, &frame(b"hi"));
+    assert_eq!(read_frame(&mut newcomer), [PREFIX, b"hi"].concat());
+    assert!(read_until_closed(&mut silent_old).is_empty());
+    assert!(still_open(&mut silent_young) && still_open(&mut talker));
+
+    // Places: the talker, the younger silent one, and one more; the next
+    // arrival takes the silent one's, not the talker's.
+    let mut third = server.connect();
+    wait_until(|| server.0.stats().connections_opening == 3);
+    let _fourth = server.connect();
+    assert!(read_until_closed(&mut silent_young).is_empty());
+    assert!(still_open(&mut talker) && still_open(&mut third));
+    // The talker finishes its message, and waits for the one slot.
+    send(&mut talker, b"llo");
+    drop(newcomer);
+    assert_eq!(read_frame(&mut talker), [PREFIX, b"hello"].concat());
+    server.0.shutdown();
+}
+
+/// Nothing has arrived to say the connection is closing, for a moment.
+fn still_open(sock: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let open = matches!(
+        sock.read(&mut [0; 1]),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    );
+    sock.set_read_timeout(None).unwrap();
+    open
 }
 
 /// Impossible settings are refused when binding, before anything runs.

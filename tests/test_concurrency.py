@@ -126,13 +126,19 @@ def test_clients_past_the_limit_wait_their_turn(serve) -> None:
 
 
 def test_one_client_at_a_time_like_the_original(serve) -> None:
+    """With one slot, the client that spoke first is served until it leaves;
+    the next one's message waits, then is answered."""
     server = serve(max_clients=1)
     first, second = connect(server), connect(server)
-    second.sendall(b"second")
     first.sendall(b"first")
     assert recv_exactly(first, len(PREFIX) + 5) == PREFIX + b"first"
+    second.sendall(b"second")
+    second.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        second.recv(100)
     first.sendall(b"bye")
     assert recv_until_closed(first) == BYE
+    second.settimeout(10)
     assert recv_exactly(second, len(PREFIX) + 6) == PREFIX + b"second"
     first.close()
     second.close()
@@ -406,7 +412,10 @@ def test_descriptor_exhaustion_backs_off_and_recovers(run) -> None:
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
 def test_idle_connections_hold_no_buffers(run) -> None:
     """Thousands of idle connections cost a task and a socket each, not a buffer each."""
-    server = run("-m", "server", "--port", "0", "--max-clients", "5000", "--log-level", "warning")
+    server = run(
+        "-m", "server", "--port", "0", "--max-clients", "5000", "--max-handshakes", "5000",
+        "--log-level", "warning",
+    )  # fmt: skip
     port = server.port()
 
     def rss_kib() -> int:
@@ -431,30 +440,3 @@ def test_idle_connections_hold_no_buffers(run) -> None:
     # About 2.3 KiB measured (task, socket, bookkeeping); a 16 KiB read buffer
     # held by each idle connection would show as several times that.
     assert per_connection < 4.5, f"{per_connection:.1f} KiB per idle connection"
-
-
-def test_silent_connections_cannot_lock_a_client_out_by_default(serve) -> None:
-    """With default settings, however many silent sockets took every slot
-    first, a new client is served within 15 s (nginx-style: the longest-idle
-    connection is closed once a client waits and it has been idle 10 s)."""
-    server = serve(max_clients=300)
-    silent = [connect(server) for _ in range(300)]
-    wait_until(lambda: server.stats()["connections_active"] == 300)
-    started = time.monotonic()
-    with sockdemo.Client("127.0.0.1", server.server_address[1], timeout=20) as client:
-        assert client.request("let me in") == "Server received: let me in"
-    assert time.monotonic() - started < 15
-    closed = sum(1 for sock in silent if _closed_now(sock))
-    assert closed >= 1
-    for sock in silent:
-        sock.close()
-
-
-def _closed_now(sock: socket.socket) -> bool:
-    sock.setblocking(False)
-    try:
-        return sock.recv(1) == b""
-    except BlockingIOError:
-        return False
-    except ConnectionResetError:
-        return True

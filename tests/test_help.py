@@ -71,6 +71,8 @@ def test_classes_show_the_real_defaults() -> None:
     assert server["max_clients"] == sockdemo.DEFAULT_MAX_CLIENTS
     assert server["max_buffered_bytes"] == sockdemo.DEFAULT_MAX_BUFFERED_BYTES
     assert server["evict_idle_after"] == sockdemo.DEFAULT_EVICT_IDLE_AFTER
+    assert server["max_handshakes"] == sockdemo.DEFAULT_MAX_HANDSHAKES
+    assert server["handshake_timeout"] == sockdemo.DEFAULT_HANDSHAKE_TIMEOUT
     assert server["message_timeout"] == sockdemo.DEFAULT_MESSAGE_TIMEOUT
     assert server["write_timeout"] == sockdemo.DEFAULT_WRITE_TIMEOUT
     assert server["shutdown_timeout"] == sockdemo.DEFAULT_SHUTDOWN_TIMEOUT

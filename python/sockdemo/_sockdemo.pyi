@@ -17,9 +17,11 @@ __all__ = [
     "BYE_REPLY",
     "DEFAULT_BUFFER_SIZE",
     "DEFAULT_EVICT_IDLE_AFTER",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HOST",
     "DEFAULT_MAX_BUFFERED_BYTES",
     "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_MAX_HANDSHAKES",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MESSAGE_TIMEOUT",
@@ -56,12 +58,16 @@ DEFAULT_MAX_PENDING_BYTES: int
 """``1048576``: bytes sent to one client and not yet read, past which it is too slow."""
 DEFAULT_MAX_CLIENTS: int
 """``100``: clients a server serves at once by default."""
+DEFAULT_MAX_HANDSHAKES: int
+"""``1024``: connections that may be opening at once (not yet served) by default."""
 DEFAULT_MAX_BUFFERED_BYTES: int
 """``67108864`` (64 MiB): bytes of half-received messages all connections may hold."""
 DEFAULT_EVICT_IDLE_AFTER: float
-"""``10.0`` seconds idle before a full server closes a connection for a waiting client."""
+"""``10.0`` seconds quiet before a full server closes a connection for a waiting client."""
+DEFAULT_HANDSHAKE_TIMEOUT: float
+"""``10.0`` seconds for a PROXY header and a TLS handshake to complete."""
 DEFAULT_MESSAGE_TIMEOUT: float
-"""``30.0`` seconds for a started message (or TLS handshake) to arrive whole."""
+"""``30.0`` seconds for a started message to arrive whole."""
 DEFAULT_WRITE_TIMEOUT: float
 """``30.0`` seconds for a reply to be written."""
 DEFAULT_SHUTDOWN_TIMEOUT: float
@@ -83,7 +89,13 @@ class Server:
     free port, read it back from :attr:`server_address`). Every message gets
     ``reply_prefix + message`` back, byte for byte; ``bye`` gets
     :data:`BYE_REPLY` and the connection closes. Up to ``max_clients`` clients
-    are served at once; later ones wait their turn, they are not refused.
+    are served at once; later ones wait their turn, they are not refused. A
+    connection takes its slot once it has opened (PROXY header, TLS handshake
+    and, unless ``session`` is given, a whole first message), so connections
+    that say nothing cannot hold slots: up to ``max_handshakes`` (default
+    1024, and at least ``max_clients``) may be opening at once, and when
+    another client connects past that, the opening connection that has made
+    the least progress is closed.
 
     ``handler``, if given, is called with each message (as ``str``, undecodable
     bytes kept as surrogates) and returns the reply instead (``None`` keeps the
@@ -101,13 +113,14 @@ class Server:
     ``certfile``/``keyfile`` (PEM) turn on TLS. Timeouts are in seconds:
     ``idle_timeout`` closes connections silent that long (default never);
     ``evict_idle_after``: when every slot is taken and a client waits, the
-    connection idle the longest is closed once it has been idle that long
-    (default 10; ``None`` never, letting silent clients hold every slot);
+    slot holder quiet the longest (no bytes arriving) is closed once it has
+    been quiet that long (default 10; ``None`` never);
     ``max_buffered_bytes`` bounds the bytes of half-received messages all
     connections together hold (default 64 MiB): past it, connections with a
     message under way stop reading until memory frees;
-    ``message_timeout`` bounds receiving a message once started and the TLS
-    handshake, ``write_timeout`` bounds writing a reply, ``shutdown_timeout``
+    ``handshake_timeout`` bounds the PROXY header and the TLS handshake
+    (default 10), ``message_timeout`` bounds receiving a message once started
+    (default 30), ``write_timeout`` bounds writing a reply, ``shutdown_timeout``
     bounds how long a shutdown waits for handlers still running.
 
     Behind a load balancer, ``proxy_protocol=True`` expects a PROXY header
@@ -156,6 +169,8 @@ class Server:
         reuse_port: bool = False,
         session: type[Session] | None = None,
         max_pending_bytes: int = 1048576,
+        max_handshakes: int = 1024,
+        handshake_timeout: float | None = 10.0,
     ) -> Server: ...
     @property
     def server_address(self) -> tuple[Any, ...]:
@@ -199,7 +214,8 @@ class Server:
         each way, errors by kind, TLS handshake failures, the handler's latency
         histogram and queue depth."""
     def stats(self) -> dict[str, int]:
-        """Counters: ``connections_accepted``, ``connections_active``,
+        """Counters: ``connections_accepted``, ``connections_active`` (holding
+        a client slot), ``connections_opening`` (accepted, not yet served),
         ``messages``, ``bytes_in``, ``bytes_out``, ``errors``, and the handler
         pool: ``handler_queued`` (messages waiting for a thread),
         ``handler_threads`` (running) and ``handler_busy`` (not idle)."""

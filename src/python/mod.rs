@@ -67,6 +67,7 @@ fn _sockdemo(m: &Bound<'_, PyModule>) -> PyResult<()> {
         protocol::DEFAULT_MAX_MESSAGE_SIZE,
     )?;
     m.add("DEFAULT_MAX_CLIENTS", config::DEFAULT_MAX_CLIENTS)?;
+    m.add("DEFAULT_MAX_HANDSHAKES", config::DEFAULT_MAX_HANDSHAKES)?;
     m.add(
         "DEFAULT_MAX_BUFFERED_BYTES",
         config::DEFAULT_MAX_BUFFERED_BYTES,
@@ -78,6 +79,10 @@ fn _sockdemo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Durations as Python spells them: float seconds.
     for (name, duration) in [
         ("DEFAULT_EVICT_IDLE_AFTER", config::DEFAULT_EVICT_IDLE_AFTER),
+        (
+            "DEFAULT_HANDSHAKE_TIMEOUT",
+            config::DEFAULT_HANDSHAKE_TIMEOUT,
+        ),
         ("DEFAULT_MESSAGE_TIMEOUT", config::DEFAULT_MESSAGE_TIMEOUT),
         ("DEFAULT_WRITE_TIMEOUT", config::DEFAULT_WRITE_TIMEOUT),
         ("DEFAULT_SHUTDOWN_TIMEOUT", config::DEFAULT_SHUTDOWN_TIMEOUT),

@@ -68,12 +68,14 @@ impl Server {
         evict_idle_after = Some(config::DEFAULT_EVICT_IDLE_AFTER.as_secs_f64()),
         max_buffered_bytes = config::DEFAULT_MAX_BUFFERED_BYTES, proxy_protocol = false,
         proxy_allow = None, reuse_port = false, session = None,
-        max_pending_bytes = config::DEFAULT_MAX_PENDING_BYTES
+        max_pending_bytes = config::DEFAULT_MAX_PENDING_BYTES,
+        max_handshakes = config::DEFAULT_MAX_HANDSHAKES,
+        handshake_timeout = Some(config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs_f64())
     ))]
     // Spelled out so that help() shows the defaults (the constants' values;
     // a test checks they agree) instead of "...".
     #[pyo3(
-        text_signature = "(host='127.0.0.1', port=0, max_clients=100, protocol='raw', reply_prefix='Server received: ', idle_timeout=None, certfile=None, keyfile=None, handler=None, *, buffer_size=1024, max_message_size=1048576, message_timeout=30.0, write_timeout=30.0, handler_threads=None, shutdown_timeout=5.0, evict_idle_after=10.0, max_buffered_bytes=67108864, proxy_protocol=False, proxy_allow=None, reuse_port=False, session=None, max_pending_bytes=1048576)"
+        text_signature = "(host='127.0.0.1', port=0, max_clients=100, protocol='raw', reply_prefix='Server received: ', idle_timeout=None, certfile=None, keyfile=None, handler=None, *, buffer_size=1024, max_message_size=1048576, message_timeout=30.0, write_timeout=30.0, handler_threads=None, shutdown_timeout=5.0, evict_idle_after=10.0, max_buffered_bytes=67108864, proxy_protocol=False, proxy_allow=None, reuse_port=False, session=None, max_pending_bytes=1048576, max_handshakes=1024, handshake_timeout=10.0)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -100,6 +102,8 @@ impl Server {
         reuse_port: bool,
         session: Option<Py<PyAny>>,
         max_pending_bytes: usize,
+        max_handshakes: usize,
+        handshake_timeout: Option<f64>,
     ) -> PyResult<Self> {
         if let Some(reset) = LOG_RESET.get() {
             reset.reset();
@@ -130,6 +134,8 @@ impl Server {
             proxy: proxy_policy(proxy_protocol, proxy_allow)?,
             reuse_port,
             max_pending_bytes,
+            max_handshakes,
+            handshake_timeout: seconds("handshake_timeout", handshake_timeout)?,
             ..Config::default()
         };
         if max_pending_bytes == 0 {
@@ -246,6 +252,7 @@ impl Server {
         let dict = PyDict::new(py);
         dict.set_item("connections_accepted", s.connections_accepted)?;
         dict.set_item("connections_active", s.connections_active)?;
+        dict.set_item("connections_opening", s.connections_opening)?;
         dict.set_item("messages", s.messages)?;
         dict.set_item("bytes_in", s.bytes_in)?;
         dict.set_item("bytes_out", s.bytes_out)?;

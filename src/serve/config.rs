@@ -13,6 +13,10 @@ pub use crate::serve::proxy::ProxyPolicy;
 
 /// Clients served at once by default.
 pub const DEFAULT_MAX_CLIENTS: usize = 100;
+/// Connections opening at once (not yet holding a slot), by default.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// The time a PROXY header and a TLS handshake have to complete, by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of half-received messages all connections may hold, by default.
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// How long a connection must have been idle before a full server closes
@@ -30,8 +34,17 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How a server behaves; every limit has a safe default.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Clients served at once; later ones wait in the backlog (default 100).
+    /// Clients served at once (default 100). A connection takes its slot
+    /// once it has opened: PROXY header, TLS handshake and, unless the
+    /// server runs sessions, a whole first message. Later ones wait.
     pub max_clients: usize,
+    /// Connections opening at once, not yet holding a slot (default 1024,
+    /// and never fewer than `max_clients`). When every place is taken and another client connects, the opening
+    /// connection that has made the least progress is closed.
+    pub max_handshakes: usize,
+    /// A PROXY header and a TLS handshake must each complete within this
+    /// (default 10 s), as HAProxy's `timeout client-hs`.
+    pub handshake_timeout: Option<Duration>,
     /// The wire protocol (default raw).
     pub protocol: Protocol,
     /// What precedes every echoed message (default `Server received: `).
@@ -43,9 +56,9 @@ pub struct Config {
     pub max_message_size: usize,
     /// Close a connection that sends nothing for this long (default: never).
     pub idle_timeout: Option<Duration>,
-    /// When every slot is taken and a client waits, close the connection
-    /// idle the longest if it has been idle this long (default 10 s; `None`
-    /// never does, and then silent clients can hold every slot).
+    /// When every slot is taken and a client waits, close the slot holder
+    /// quiet the longest (no bytes arriving, no handler at work for it) if
+    /// it has been quiet this long (default 10 s; `None` never does).
     pub evict_idle_after: Option<Duration>,
     /// Bytes of half-received messages all connections together may hold
     /// (default 64 MiB). Past it, connections with a message under way stop
@@ -56,8 +69,8 @@ pub struct Config {
     /// in the server (default 1 MiB). Past it, the client reads too slowly
     /// for what it is sent, and its connection is closed.
     pub max_pending_bytes: usize,
-    /// Once a message (or a TLS handshake) has started, the rest must arrive
-    /// within this time (default 30 s).
+    /// Once a message has started, the rest must arrive within this time
+    /// (default 30 s).
     pub message_timeout: Option<Duration>,
     /// A reply must be written within this time (default 30 s).
     pub write_timeout: Option<Duration>,
@@ -90,6 +103,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_clients: DEFAULT_MAX_CLIENTS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
             protocol: Protocol::Raw,
             reply_prefix: DEFAULT_PREFIX.as_bytes().to_vec(),
             buffer_size: DEFAULT_BUFFER_SIZE,

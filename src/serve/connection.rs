@@ -30,10 +30,11 @@ use crate::handling::job::Stage;
 use crate::handling::outbox::Delivered;
 use crate::handling::runner::Runner;
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Protocol, Reply, is_bye};
+use crate::serve::admission::{Admission, Place};
 use crate::serve::config::Config;
-use crate::serve::eviction::{Registered, Registry};
+use crate::serve::eviction::{Milestone, Registered};
 use crate::socket::Socket;
-use crate::stats::{Closed, Stats};
+use crate::stats::{Closed, Open, Stats};
 
 /// The first read's size, and the size reads return to after a burst.
 const READ_CHUNK: usize = 16 * 1024;
@@ -48,6 +49,10 @@ const FLUSH_AT: usize = 256 * 1024;
 /// How long a reply already being written may take once shutdown is asked.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
+/// Why a connection was closed before it opened, in the log.
+const WITHOUT_HEADER: &str = "no PROXY header yet, and its place was needed for a new client (every handshake place was taken).";
+const WITHOUT_MESSAGE: &str = "not opened yet (no TLS handshake or whole message), and its place was needed for a new client (every handshake place was taken).";
+
 /// What every connection of one server shares.
 pub(crate) struct Shared {
     pub config: Config,
@@ -56,8 +61,8 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     /// Runs the handler, when the server has one.
     pub runner: Option<Runner>,
-    /// Which connections are idle, for making room when the server is full.
-    pub idle: Registry,
+    /// The handshake places and client slots, and who goes when short.
+    pub admission: Admission,
     /// The open connections of a session server, for broadcasts.
     pub hub: Hub,
     /// The bytes half-received messages may hold, server-wide, as permits.
@@ -117,6 +122,7 @@ impl End {
 pub(crate) async fn serve<S: Socket>(
     mut stream: S,
     peer: SocketAddr,
+    place: Place,
     shared: Arc<Shared>,
     session: Session,
     shutdown: CancellationToken,
@@ -124,22 +130,35 @@ pub(crate) async fn serve<S: Socket>(
     // A token of its own: waiting on the server's token directly would make
     // every connection lock the same mutex each time it waits for a message.
     let shutdown = shutdown.child_token();
-    let registered = shared.idle.register(shutdown.clone());
+    let registered = shared
+        .admission
+        .registry
+        .register(place.arrival, shutdown.clone());
     let counted = shared.stats.connection_opened();
+    let handshake = shared.config.handshake_timeout;
     // Behind a load balancer, the client is who its PROXY header says.
     let peer = match &shared.config.proxy {
         None => peer,
         Some(policy) => {
-            match proxy::client_behind_proxy(
-                &mut stream,
-                peer,
-                shared.config.message_timeout,
-                &shutdown,
-                policy,
-            )
-            .await
+            match proxy::client_behind_proxy(&mut stream, peer, handshake, &shutdown, policy).await
             {
                 Ok(client) => client,
+                Err(_) if registered.evicted_opening() => {
+                    counted.closed(Ok(Closed::Evicted));
+                    info!(
+                        "Closing connection from {}: {WITHOUT_HEADER}",
+                        py_address(peer)
+                    );
+                    return;
+                }
+                Err(_) if shutdown.is_cancelled() => {
+                    counted.closed(Ok(Closed::Shutdown));
+                    debug!(
+                        "Closing connection from {}: server shutting down.",
+                        py_address(peer)
+                    );
+                    return;
+                }
                 Err(e) => {
                     counted.closed(Err(&e));
                     warn!("Connection from {} refused: {e}", py_address(peer));
@@ -148,12 +167,13 @@ pub(crate) async fn serve<S: Socket>(
             }
         }
     };
+    registered.reached(Milestone::Introduced, 0);
     let name: Arc<str> = py_address(peer).into();
     info!("Connected by {name}");
     let tls = shared.tls.as_ref();
-    let result = match transport::open(stream, tls, shared.config.message_timeout, &shutdown).await
-    {
+    let result = match transport::open(stream, tls, handshake, &shutdown).await {
         Ok(transport) => {
+            registered.reached(Milestone::Open, 0);
             let mut conn = Connection {
                 transport,
                 peer: name.clone(),
@@ -168,13 +188,27 @@ pub(crate) async fn serve<S: Socket>(
                 opened: false,
                 ended: false,
                 registered: &registered,
+                place: Some(place.permit),
+                slot: None,
+                counted: Some(counted),
             };
             let result = conn.run().await;
             // Counted before the peer can see the close, so whoever sees it
             // also sees the counters that include it.
-            counted.closed(result.as_ref().map(End::reason));
+            if let Some(counted) = conn.counted.take() {
+                counted.closed(result.as_ref().map(End::reason));
+            }
             conn.close().await;
             result
+        }
+        Err(_) if registered.evicted_opening() => {
+            counted.closed(Ok(Closed::Evicted));
+            Ok(End::Evicted)
+        }
+        // The server is shutting down: no failure of the client's.
+        Err(_) if shutdown.is_cancelled() => {
+            counted.closed(Ok(Closed::Shutdown));
+            Ok(End::Shutdown)
         }
         Err(e) => {
             if shared.tls.is_some() {
@@ -188,8 +222,11 @@ pub(crate) async fn serve<S: Socket>(
         Ok(End::Bye) => info!("Client sent 'bye'. Closing connection."),
         Ok(End::Limit) => debug!("Closing connection with {name}: message limit reached."),
         Ok(End::Shutdown) => debug!("Closing connection with {name}: server shutting down."),
+        Ok(End::Evicted) if registered.evicted_opening() => {
+            info!("Closing connection with {name}: {WITHOUT_MESSAGE}")
+        }
         Ok(End::Evicted) => info!(
-            "Closing connection with {name}: idle for {:?} while every slot was taken and a client waited.",
+            "Closing connection with {name}: quiet for {:?} while every slot was taken and a client waited.",
             shared.config.evict_idle_after.unwrap_or_default()
         ),
         Ok(End::Idle) => info!(
@@ -241,8 +278,14 @@ pub(super) struct Connection<'a, S> {
     pub(super) opened: bool,
     /// The session asked to close the connection.
     pub(super) ended: bool,
-    /// This connection's idleness, as a full server sees it.
+    /// This connection's standing, as a server short of room sees it.
     pub(super) registered: &'a Registered<'a>,
+    /// The handshake place held while opening; given back with a slot.
+    pub(super) place: Option<OwnedSemaphorePermit>,
+    /// The client slot, once the connection has opened.
+    pub(super) slot: Option<OwnedSemaphorePermit>,
+    /// The connection as the counters see it (taken when it closes).
+    pub(super) counted: Option<Open<'a>>,
 }
 
 impl<S> Drop for Connection<'_, S> {
@@ -261,6 +304,16 @@ enum Woken {
     /// The handler pool left replies or a failure in the outbox.
     Outbox,
     Read(Option<io::Result<usize>>),
+}
+
+/// Whether what the buffer holds may be answered yet.
+enum Admit {
+    /// Yes: the connection holds a slot, or needs none.
+    Answer,
+    /// Not yet: the first message is still arriving.
+    Read { needed: usize },
+    /// The server shut down while the connection waited for a slot.
+    Shutdown,
 }
 
 /// What answering the whole messages in the buffer came to.
@@ -291,7 +344,11 @@ impl<S: Socket> Connection<'_, S> {
         let mut budget: Option<OwnedSemaphorePermit> = None;
         // Has the client sent anything yet?
         let mut heard = false;
+        // A session is served from the start: its hooks may speak first.
         if let Some(runner) = shared.runner.as_ref().filter(|r| r.is_session()) {
+            if !self.take_seat().await {
+                return Ok(End::Shutdown);
+            }
             self.open_session(runner).await?;
         }
         loop {
@@ -299,9 +356,16 @@ impl<S: Socket> Connection<'_, S> {
                 return Ok(End::Session);
             }
             let allowance = self.session.max_messages.map(|max| max - answered);
-            let batch = match &shared.runner {
-                None => self.echo(&mut inbuf, allowance).await?,
-                Some(runner) => self.dispatch(runner, &mut inbuf, allowance).await?,
+            let batch = match self.admit(&inbuf).await {
+                Admit::Shutdown => return Ok(End::Shutdown),
+                Admit::Read { needed } => Batch {
+                    needed,
+                    ..Batch::default()
+                },
+                Admit::Answer => match &shared.runner {
+                    None => self.echo(&mut inbuf, allowance).await?,
+                    Some(runner) => self.dispatch(runner, &mut inbuf, allowance).await?,
+                },
             };
             if batch.taken > 0 {
                 shared.stats.messages_received(batch.taken);
@@ -325,10 +389,8 @@ impl<S: Socket> Connection<'_, S> {
                 None => config.idle_timeout.map(|t| armed + t),
             };
             let want = read_size.max(batch.needed.min(MAX_READ_AHEAD));
-            // Idle: nothing half-received. (A handler may still be at work
-            // for us; if we are chosen to make room, its reply goes first.)
+            // Nothing half-received: no share of the budget either.
             if inbuf.is_empty() {
-                self.registered.idle(armed.into_std());
                 budget = None;
             }
             // A message under way may grow its buffer only within the
@@ -353,7 +415,9 @@ impl<S: Socket> Connection<'_, S> {
                 };
                 let buffered = &shared.buffered;
                 let transport = &mut self.transport;
+                let registered = self.registered;
                 let read = async {
+                    let mut since = armed;
                     if let Some(need) = need {
                         let held = budget.as_ref().map_or(0, |p| p.num_permits());
                         if held < need {
@@ -365,8 +429,14 @@ impl<S: Socket> Connection<'_, S> {
                                     None => budget = Some(permit),
                                 }
                             }
+                            since = Instant::now();
                         }
                     }
+                    // Quiet from here until bytes arrive: waiting for the
+                    // budget is the server's doing, not the client's. (A
+                    // handler may still be at work for us; if we are chosen
+                    // to make room, its reply goes first.)
+                    registered.quiet(since.into_std());
                     transport.read_into(&mut inbuf, want).await
                 };
                 // A client accepted a moment before shutdown has had no chance
@@ -447,7 +517,45 @@ impl<S: Socket> Connection<'_, S> {
                     .clamp(READ_CHUNK, MAX_READ)
             };
             shared.stats.received(n);
+            if self.slot.is_none() {
+                self.registered.reached(Milestone::Open, inbuf.len());
+            }
         }
+    }
+
+    /// A connection is answered once it holds a client slot, which it takes
+    /// when its first whole message is in. A lone `bye`, or a frame refused
+    /// from its header, needs no slot: its answer ends the connection.
+    async fn admit(&mut self, inbuf: &BytesMut) -> Admit {
+        if self.slot.is_some() {
+            return Admit::Answer;
+        }
+        match self.shared.codec.decode(inbuf) {
+            Ok(Decoded::Incomplete { needed }) => Admit::Read { needed },
+            Ok(Decoded::Message(frame)) if !is_bye(&inbuf[frame.payload.clone()]) => {
+                if self.take_seat().await {
+                    Admit::Answer
+                } else {
+                    Admit::Shutdown
+                }
+            }
+            Ok(Decoded::Message(_)) | Err(_) => Admit::Answer,
+        }
+    }
+
+    /// Takes a client slot and gives back the handshake place; false if the
+    /// server shut down first.
+    async fn take_seat(&mut self) -> bool {
+        let admission = &self.shared.admission;
+        let Some(slot) = admission.seat(self.registered, self.shutdown).await else {
+            return false;
+        };
+        self.slot = Some(slot);
+        self.place = None;
+        if let Some(counted) = &mut self.counted {
+            counted.seated();
+        }
+        true
     }
 
     /// Answers every whole message at the front of `inbuf` with the echo,

@@ -1,9 +1,9 @@
 //! The engine: serves clients from an already-bound listener until a
 //! shutdown token is cancelled, in the shape of mini-redis's `run`.
 //!
-//! Clients beyond `max_clients` wait in the backlog, as they did with the
-//! original one-at-a-time server; one of them is held while the server makes
-//! room (see `eviction`). Each connection task owns its semaphore permit.
+//! Each connection accepted takes a handshake place first (see
+//! `admission`); one is held while the server makes room, the rest wait in
+//! the listen backlog. Each connection task owns its place, then its slot.
 //! Shutdown in three visible steps: decide (cancel the token), tell (every
 //! connection `select!`s on it), wait (`TaskTracker::close` + `wait`).
 
@@ -15,7 +15,6 @@ use std::time::Duration;
 use log::{Level, debug, info, warn};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,7 +38,6 @@ pub(crate) async fn run(
     mode: Mode,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let limit = Arc::new(Semaphore::new(shared.config.max_clients));
     let tracker = TaskTracker::new();
     let session = match mode {
         Mode::Forever => Session {
@@ -54,38 +52,16 @@ pub(crate) async fn run(
     };
     let mut backoff = Backoff::default();
     let result = loop {
-        // A client accepted while every slot was taken, waiting for room.
-        let mut waiting = None;
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
-                // The semaphore is never closed, so acquiring never fails.
-                permit = limit.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break Ok(()),
-                },
-                accepted = accept(&listener, &mut backoff) => match accepted {
-                    Ok(accepted) => {
-                        waiting = Some(accepted);
-                        match make_room(&limit, &shared, &shutdown).await {
-                            Some(permit) => permit,
-                            None => break Ok(()),
-                        }
-                    }
-                    Err(e) => break Err(e),
-                },
-                _ = shutdown.cancelled() => break Ok(()),
+        let (stream, peer) = tokio::select! {
+            accepted = accept(&listener, &mut backoff) => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => break Err(e),
             },
+            _ = shutdown.cancelled() => break Ok(()),
         };
-        let (stream, peer) = match waiting.take() {
-            Some(accepted) => accepted,
-            None => tokio::select! {
-                accepted = accept(&listener, &mut backoff) => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => break Err(e),
-                },
-                _ = shutdown.cancelled() => break Ok(()),
-            },
+        // Held here, not in the backlog, while a place is made for it.
+        let Some(place) = shared.admission.place(&shutdown).await else {
+            break Ok(());
         };
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         match shared.runner.as_ref().and_then(Runner::reactor).cloned() {
@@ -93,8 +69,7 @@ pub(crate) async fn run(
             Some(reactor) => match stream.into_std().and_then(|s| reactor.adopt(s)) {
                 Ok(stream) => {
                     let served = tracker.track_future(async move {
-                        connection::serve(stream, peer, shared, session, shutdown).await;
-                        drop(permit);
+                        connection::serve(stream, peer, place, shared, session, shutdown).await;
                     });
                     reactor.spawn(tokio::runtime::Handle::current(), served);
                 }
@@ -102,8 +77,7 @@ pub(crate) async fn run(
             },
             None => {
                 tracker.spawn(async move {
-                    connection::serve(stream, peer, shared, session, shutdown).await;
-                    drop(permit);
+                    connection::serve(stream, peer, place, shared, session, shutdown).await;
                 });
             }
         }
@@ -159,29 +133,6 @@ async fn stuck_in_calls(
 /// How often a shutdown past its grace period looks for connections stuck
 /// in handler calls.
 const STUCK_CHECK: Duration = Duration::from_millis(50);
-
-/// Waits for a free slot while a client waits, closing the connection idle
-/// the longest (once it has been idle `evict_idle_after`) to make one.
-async fn make_room(
-    limit: &Arc<Semaphore>,
-    shared: &Shared,
-    shutdown: &CancellationToken,
-) -> Option<OwnedSemaphorePermit> {
-    loop {
-        if let Some(after) = shared.config.evict_idle_after {
-            shared.idle.evict_longest_idle(after);
-        }
-        tokio::select! {
-            permit = limit.clone().acquire_owned() => return permit.ok(),
-            _ = tokio::time::sleep(ROOM_CHECK) => {}
-            _ = shutdown.cancelled() => return None,
-        }
-    }
-}
-
-/// How often a full server with a client waiting looks for a connection to
-/// close.
-const ROOM_CHECK: Duration = Duration::from_millis(500);
 
 /// Accepts the next connection, riding out errors that concern one
 /// connection or a passing shortage of resources.

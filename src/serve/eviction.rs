@@ -1,16 +1,15 @@
-//! Which connections are idle, so that a full server can make room.
+//! Who is closed when the server runs short: the connection that has made
+//! the least progress.
 //!
-//! Every slot taken by a connection that sends nothing would otherwise lock
-//! new clients out for as long as it stays open. Closing idle connections
-//! after a fixed time would also cut off an interactive user who pauses
-//! while the server has room to spare. So sockdemo does what nginx does with
-//! idle keep-alive connections: only when every slot is taken and a client
-//! is waiting does it close the connection that has been idle the longest,
-//! if that one has been idle for at least the eviction time.
+//! A connection opens (PROXY header, TLS handshake, first whole message)
+//! before it takes a client slot. While every handshake place is taken, the
+//! opening connection furthest behind goes to let a newcomer in: a silent
+//! one before one that has sent bytes, the oldest first. While every slot is
+//! taken and a client waits, the slot holder quiet the longest goes, if it
+//! has been quiet at least the eviction time: nginx's rule for idle
+//! keep-alive connections. Nobody is closed while there is room.
 //!
-//! A connection marks itself idle when it waits for a message with nothing
-//! half-received and no handler at work for it, and busy again when bytes
-//! arrive. Marking is two atomic stores; only a full server scans.
+//! Marking is an atomic store or two; only a server short of room scans.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,23 +18,47 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-/// Not idle: reading a message, answering, or waiting for a handler.
+/// Not quiet: reading a message, answering, or waiting for a handler.
 const BUSY: u64 = 0;
-/// Chosen for eviction; the connection is closing.
+/// Chosen to go; the connection is closing.
 const EVICTED: u64 = u64::MAX;
+/// The progress of a connection that holds a slot (no longer opening).
+const SEATED: u64 = u64::MAX - 1;
 
-/// Every connection of one server, by number.
+/// How far an opening connection has got, least first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Milestone {
+    /// Accepted; nothing complete yet.
+    Connected = 0,
+    /// Its PROXY header has arrived.
+    Introduced = 1,
+    /// The TLS handshake (if any) is done; the first message is arriving.
+    Open = 2,
+    /// A whole message has arrived: it waits for a slot, and is never
+    /// closed to let a newcomer in.
+    Waiting = 3,
+}
+
+/// Bytes of a first message count within a milestone, up to this.
+const BYTES: u64 = 1 << 40;
+
+/// Every connection of one server, by number (the order of arrival).
 pub(crate) struct Registry {
     epoch: Instant,
     next: AtomicU64,
     entries: Mutex<HashMap<u64, Arc<Entry>>>,
 }
 
-/// One connection's idleness, and the way to close it.
+/// One connection's standing, and the way to close it.
 pub(crate) struct Entry {
+    /// Until the connection holds a slot: its milestone times [`BYTES`]
+    /// plus the bytes of its first message; then [`SEATED`]; [`EVICTED`]
+    /// once chosen to go as an opening connection.
+    progress: AtomicU64,
     /// Nanoseconds after the epoch (plus one) since when the connection has
-    /// been idle; [`BUSY`] or [`EVICTED`].
-    idle_since: AtomicU64,
+    /// waited for bytes with no handler at work for it; [`BUSY`] or
+    /// [`EVICTED`].
+    quiet_since: AtomicU64,
     /// The connection's own stop token.
     stop: CancellationToken,
 }
@@ -61,11 +84,18 @@ impl Registry {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a connection that stops when `stop` is cancelled.
-    pub fn register(&self, stop: CancellationToken) -> Registered<'_> {
-        let id = self.next.fetch_add(1, Relaxed);
+    /// Numbers a connection just accepted: the order of arrival, which
+    /// tasks starting on several threads would not keep.
+    pub fn arrival(&self) -> u64 {
+        self.next.fetch_add(1, Relaxed)
+    }
+
+    /// Adds an opening connection, numbered by [`Registry::arrival`], that
+    /// stops when `stop` is cancelled.
+    pub fn register(&self, id: u64, stop: CancellationToken) -> Registered<'_> {
         let entry = Arc::new(Entry {
-            idle_since: AtomicU64::new(BUSY),
+            progress: AtomicU64::new(Milestone::Connected as u64 * BYTES),
+            quiet_since: AtomicU64::new(BUSY),
             stop,
         });
         self.lock().insert(id, entry.clone());
@@ -76,53 +106,95 @@ impl Registry {
         }
     }
 
-    fn now(&self) -> u64 {
-        self.stamp(Instant::now())
-    }
-
     fn stamp(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
     }
 
-    /// Closes the connection idle the longest, if it has been idle at least
-    /// `after`. Returns whether one was closed.
-    pub fn evict_longest_idle(&self, after: Duration) -> bool {
-        let now = self.now();
+    /// Closes the opening connection that has made the least progress (the
+    /// oldest of equals), unless every one has a whole message waiting.
+    /// Returns whether one was closed.
+    pub fn evict_least_progress(&self) -> bool {
+        let waiting = Milestone::Waiting as u64 * BYTES;
+        let entries = self.lock();
+        let mut candidates: Vec<(u64, u64, &Arc<Entry>)> = entries
+            .iter()
+            .filter_map(|(id, e)| {
+                let progress = e.progress.load(Relaxed);
+                (progress < waiting).then_some((progress, *id, e))
+            })
+            .collect();
+        candidates.sort_unstable_by_key(|(progress, id, _)| (*progress, *id));
+        // A connection may progress between the look and the claim; then
+        // the next one in line is taken.
+        candidates
+            .into_iter()
+            .any(|(progress, _, e)| e.claim(&e.progress, progress))
+    }
+
+    /// Closes the slot holder quiet the longest, if it has been quiet at
+    /// least `after`. Returns whether one was closed.
+    pub fn evict_longest_quiet(&self, after: Duration) -> bool {
+        let now = self.stamp(Instant::now());
         let threshold = after.as_nanos() as u64;
         let entries = self.lock();
         let mut candidates: Vec<(u64, &Arc<Entry>)> = entries
             .values()
             .filter_map(|e| {
-                let since = e.idle_since.load(Relaxed);
-                let idle =
-                    since != BUSY && since != EVICTED && now.saturating_sub(since) >= threshold;
-                idle.then_some((since, e))
+                let since = e.quiet_since.load(Relaxed);
+                let quiet = e.progress.load(Relaxed) == SEATED
+                    && since != BUSY
+                    && since != EVICTED
+                    && now.saturating_sub(since) >= threshold;
+                quiet.then_some((since, e))
             })
             .collect();
         candidates.sort_unstable_by_key(|(since, _)| *since);
-        // The connection may wake between the look and the claim; then the
-        // next one in line is taken.
-        for (since, entry) in candidates {
-            if entry
-                .idle_since
-                .compare_exchange(since, EVICTED, Relaxed, Relaxed)
-                .is_ok()
-            {
-                entry.stop.cancel();
-                return true;
-            }
+        candidates
+            .into_iter()
+            .any(|(since, e)| e.claim(&e.quiet_since, since))
+    }
+}
+
+impl Entry {
+    /// Closes the connection if `state` (one of its own fields) still holds
+    /// what was `seen`; false if it changed meanwhile.
+    fn claim(&self, state: &AtomicU64, seen: u64) -> bool {
+        let claimed = state
+            .compare_exchange(seen, EVICTED, Relaxed, Relaxed)
+            .is_ok();
+        if claimed {
+            self.stop.cancel();
         }
-        false
+        claimed
     }
 }
 
 impl Registered<'_> {
-    /// The connection waits for a message with nothing pending, since `at`.
-    pub fn idle(&self, at: Instant) {
+    /// The opening connection has reached `milestone`, with `bytes` of its
+    /// first message in.
+    pub fn reached(&self, milestone: Milestone, bytes: usize) {
+        let now = milestone as u64 * BYTES + (bytes as u64).min(BYTES - 1);
+        let _ = self
+            .entry
+            .progress
+            .fetch_update(Relaxed, Relaxed, |v| (v < now).then_some(now));
+    }
+
+    /// The connection holds a slot now.
+    pub fn seated(&self) {
+        let _ = self
+            .entry
+            .progress
+            .fetch_update(Relaxed, Relaxed, |v| (v != EVICTED).then_some(SEATED));
+    }
+
+    /// The connection waits for bytes with no handler at work for it, since
+    /// `at`.
+    pub fn quiet(&self, at: Instant) {
         let now = self.registry.stamp(at);
         let _ = self
             .entry
-            .idle_since
+            .quiet_since
             .fetch_update(Relaxed, Relaxed, |v| (v != EVICTED).then_some(now));
     }
 
@@ -130,13 +202,19 @@ impl Registered<'_> {
     pub fn busy(&self) {
         let _ = self
             .entry
-            .idle_since
+            .quiet_since
             .fetch_update(Relaxed, Relaxed, |v| (v != EVICTED).then_some(BUSY));
     }
 
     /// Was the connection closed to make room?
     pub fn evicted(&self) -> bool {
-        self.entry.idle_since.load(Relaxed) == EVICTED
+        self.entry.quiet_since.load(Relaxed) == EVICTED
+            || self.entry.progress.load(Relaxed) == EVICTED
+    }
+
+    /// Was it closed before it had a slot, to let a newcomer in?
+    pub fn evicted_opening(&self) -> bool {
+        self.entry.progress.load(Relaxed) == EVICTED
     }
 }
 
@@ -150,31 +228,69 @@ impl Drop for Registered<'_> {
 mod tests {
     use super::*;
 
+    fn tokens<const N: usize>() -> [CancellationToken; N] {
+        std::array::from_fn(|_| CancellationToken::new())
+    }
+
     #[test]
-    fn the_longest_idle_goes_first_and_busy_ones_never() {
+    fn the_slot_holder_quiet_longest_goes_first_and_busy_ones_never() {
         let registry = Registry::new();
-        let (a, b, c) = (
-            CancellationToken::new(),
-            CancellationToken::new(),
-            CancellationToken::new(),
-        );
-        let first = registry.register(a.clone());
-        let second = registry.register(b.clone());
-        let third = registry.register(c.clone());
-        first.idle(Instant::now());
-        second.idle(Instant::now());
+        let [a, b, c, d] = tokens();
+        let [first, second, third, opening] =
+            [&a, &b, &c, &d].map(|t| registry.register(registry.arrival(), t.clone()));
+        for seated in [&first, &second, &third] {
+            seated.seated();
+        }
+        first.quiet(Instant::now());
+        second.quiet(Instant::now());
         third.busy();
-        assert!(!registry.evict_longest_idle(Duration::from_secs(3600)));
-        assert!(registry.evict_longest_idle(Duration::ZERO));
+        // Quiet, but not a slot holder: making a slot free is not its part.
+        opening.quiet(Instant::now());
+        assert!(!registry.evict_longest_quiet(Duration::from_secs(3600)));
+        assert!(registry.evict_longest_quiet(Duration::ZERO));
         assert!(a.is_cancelled() && first.evicted());
         assert!(!b.is_cancelled() && !c.is_cancelled());
         // Once evicted, waking does not undo it.
         first.busy();
         assert!(first.evicted());
-        assert!(registry.evict_longest_idle(Duration::ZERO));
+        assert!(registry.evict_longest_quiet(Duration::ZERO));
         assert!(b.is_cancelled());
-        assert!(!registry.evict_longest_idle(Duration::ZERO));
+        assert!(!registry.evict_longest_quiet(Duration::ZERO));
+        assert!(!d.is_cancelled());
         drop(third);
-        assert_eq!(registry.lock().len(), 2);
+        assert_eq!(registry.lock().len(), 3);
+    }
+
+    #[test]
+    fn the_opening_connection_furthest_behind_goes_first() {
+        let registry = Registry::new();
+        let [a, b, c, d, e, f] = tokens();
+        let [
+            talking,
+            oldest_silent,
+            waiting,
+            younger_silent,
+            shaken_hands,
+            seated,
+        ] = [&a, &b, &c, &d, &e, &f].map(|t| registry.register(registry.arrival(), t.clone()));
+        talking.reached(Milestone::Open, 3);
+        waiting.reached(Milestone::Waiting, 10);
+        shaken_hands.reached(Milestone::Open, 0);
+        seated.seated();
+        let order = [&b, &d, &e, &a];
+        for (n, token) in order.iter().enumerate() {
+            assert!(registry.evict_least_progress());
+            assert!(token.is_cancelled(), "eviction {n} took the wrong one");
+            assert!(order[n + 1..].iter().all(|t| !t.is_cancelled()));
+        }
+        // A whole message waiting for a slot, and a slot holder, stay.
+        assert!(!registry.evict_least_progress());
+        assert!(!c.is_cancelled() && !f.is_cancelled());
+        assert!(oldest_silent.evicted_opening() && younger_silent.evicted());
+        assert!(!waiting.evicted() && !seated.evicted());
+        // Progress never goes back, and an evicted one stays evicted.
+        waiting.reached(Milestone::Open, 0);
+        talking.seated();
+        assert!(talking.evicted());
     }
 }

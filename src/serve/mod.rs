@@ -1,15 +1,17 @@
 //! The server: from a bound listener to answered clients.
 //!
 //! * [`config`]: every setting of a server, with its safe default.
-//! * `engine`: the accept loop, the connection limit, graceful shutdown.
+//! * `engine`: the accept loop and graceful shutdown.
+//! * `admission`: the handshake places and client slots a connection takes.
 //! * [`server`]: the engine behind a blocking handle Python drives.
 //! * `connection`: one client's session: buffers, timeouts, replies.
 //! * `conversation`: its handler's view of it, its outbox, a session's hooks.
 //! * `transport`: a connection's byte stream, plain or TLS.
-//! * `eviction`: which connections are idle, so a full server can make room.
+//! * `eviction`: who is closed when room runs out: the least progress first.
 //! * `hub`: a session server's open connections, for broadcasts.
 //! * [`proxy`]: the PROXY protocol header a load balancer puts first.
 
+mod admission;
 pub mod config;
 pub(crate) mod connection;
 mod conversation;

@@ -14,10 +14,10 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Admission;
 use super::config::{Config, Mode};
 use super::connection::Shared;
 use super::engine::{bind, network_threads, run};
-use super::eviction::Registry;
 use super::hub::Hub;
 use crate::error::{Error, Result};
 use crate::handling::{RunOn, Runner};
@@ -59,6 +59,12 @@ impl Server {
         if config.max_clients > Semaphore::MAX_PERMITS {
             return Err(Error::invalid("max_clients is too large"));
         }
+        if config.max_handshakes == 0 {
+            return Err(Error::invalid("max_handshakes must be at least 1"));
+        }
+        if config.max_handshakes > Semaphore::MAX_PERMITS {
+            return Err(Error::invalid("max_handshakes is too large"));
+        }
         if config.handler_threads == 0 {
             return Err(Error::invalid("handler_threads must be at least 1"));
         }
@@ -77,7 +83,7 @@ impl Server {
         let shared = Shared {
             codec,
             stats: Arc::default(),
-            idle: Registry::new(),
+            admission: Admission::new(&config),
             hub: Hub::default(),
             buffered: Arc::new(Semaphore::new(
                 config.max_buffered_bytes.min(Semaphore::MAX_PERMITS),

@@ -9,8 +9,10 @@ import argparse
 from .._sockdemo import (
     DEFAULT_BUFFER_SIZE,
     DEFAULT_EVICT_IDLE_AFTER,
+    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MESSAGE_TIMEOUT,
@@ -98,6 +100,15 @@ def add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> N
         default=max_clients,
         help=f"clients served at once; later ones wait their turn (default {max_clients})",
     )
+    parser.add_argument(
+        "--max-handshakes",
+        type=positive_arg,
+        default=DEFAULT_MAX_HANDSHAKES,
+        metavar="N",
+        help="connections that may be opening at once (PROXY header, TLS handshake, first "
+        "message) without a slot; past it, the one that has made the least progress is "
+        f"closed for a new client (default {DEFAULT_MAX_HANDSHAKES}, and at least --max-clients)",
+    )
     add_protocol(parser, server=True)
     parser.add_argument(
         "--prefix",
@@ -138,16 +149,24 @@ def add_server_arguments(parser: argparse.ArgumentParser, max_clients: int) -> N
         type=seconds_arg,
         default=DEFAULT_EVICT_IDLE_AFTER,
         metavar="SECONDS",
-        help="when every slot is taken and a client waits, close the connection idle the "
-        f"longest once it has been idle this long (default {DEFAULT_EVICT_IDLE_AFTER:g}; "
+        help="when every slot is taken and a client waits, close the connection quiet the "
+        f"longest once it has been quiet this long (default {DEFAULT_EVICT_IDLE_AFTER:g}; "
         "0 at once)",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=seconds_arg,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        metavar="SECONDS",
+        help="a PROXY header and a TLS handshake must each complete within this "
+        f"(default {DEFAULT_HANDSHAKE_TIMEOUT:g})",
     )
     parser.add_argument(
         "--message-timeout",
         type=seconds_arg,
         default=DEFAULT_MESSAGE_TIMEOUT,
         metavar="SECONDS",
-        help="a message (or TLS handshake) once started must arrive within this "
+        help="a message once started must arrive within this "
         f"(default {DEFAULT_MESSAGE_TIMEOUT:g})",
     )
     parser.add_argument(

@@ -86,6 +86,8 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         "message_timeout": args.message_timeout,
         "write_timeout": args.write_timeout,
         "evict_idle_after": args.evict_idle_after,
+        "max_handshakes": args.max_handshakes,
+        "handshake_timeout": args.handshake_timeout,
         "max_buffered_bytes": args.max_buffered,
         "shutdown_timeout": args.shutdown_timeout,
         "proxy_protocol": args.proxy_protocol,
