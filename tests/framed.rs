@@ -249,6 +249,34 @@ fn a_close_mid_frame_is_an_error_and_between_frames_is_not() {
     assert_eq!(server.0.stats().errors, 1);
 }
 
+/// Senders that stall mid-frame hold the budget for what they sent, not for
+/// what their headers declared: a client's large frame behind them is
+/// answered at once, not when their message timeout cuts them off.
+#[test]
+fn stalled_frames_do_not_hold_the_budget_for_what_they_declared() {
+    let server = start(Config {
+        max_buffered_bytes: 4 << 20,
+        message_timeout: Some(Duration::from_secs(120)),
+        ..framed()
+    });
+    // Forty frames declared at 1 MiB (40 MiB against a 4 MiB budget), each
+    // stalled after 40 KB.
+    let mut stalled: Vec<_> = (0..40).map(|_| server.connect()).collect();
+    for sock in &mut stalled {
+        send(sock, &(1u32 << 20).to_be_bytes());
+        send(sock, &[b's'; 40_000]);
+    }
+    // At least each one's first read is in.
+    wait_until(|| server.0.stats().bytes_in >= 40 * 16_000);
+    let payload = vec![b'n'; 500_000];
+    let mut client = server.connect();
+    // The read timeout (10 s) fails the test long before the stalled
+    // frames' message timeout would free their shares.
+    send(&mut client, &frame(&payload));
+    assert_eq!(read_frame(&mut client), [PREFIX, &payload[..]].concat());
+    server.0.shutdown();
+}
+
 /// A reply larger than the socket buffers reaches a slow reader whole: the
 /// connection waits for it to read, within the write timeout.
 #[test]

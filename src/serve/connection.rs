@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use log::{Level, debug, info, log, warn};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,7 @@ use crate::handling::outbox::Delivered;
 use crate::handling::runner::Runner;
 use crate::protocol::{BYE_REPLY, Codec, Decoded, Protocol, Reply, is_bye};
 use crate::serve::admission::{Admission, Place};
+use crate::serve::budget::{Budget, Share};
 use crate::serve::config::Config;
 use crate::serve::eviction::{Milestone, Registered};
 use crate::socket::Socket;
@@ -65,8 +66,8 @@ pub(crate) struct Shared {
     pub admission: Admission,
     /// The open connections of a session server, for broadcasts.
     pub hub: Hub,
-    /// The bytes half-received messages may hold, server-wide, as permits.
-    pub buffered: Arc<Semaphore>,
+    /// The bytes half-received messages may hold, server-wide.
+    pub buffered: Arc<Budget>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The level of the per-message log line: INFO for a one-client server
     /// (the original printed every message), DEBUG when many are served.
@@ -341,7 +342,7 @@ impl<S: Socket> Connection<'_, S> {
         // and the one that ended it).
         let mut burst = 0;
         // This connection's share of the buffered-bytes budget.
-        let mut budget: Option<OwnedSemaphorePermit> = None;
+        let mut budget: Option<Share> = None;
         // Has the client sent anything yet?
         let mut heard = false;
         // A session is served from the start: its hooks may speak first.
@@ -394,16 +395,13 @@ impl<S: Socket> Connection<'_, S> {
                 budget = None;
             }
             // A message under way may grow its buffer only within the
-            // server-wide budget. Its whole share (the declared size, rounded
-            // up as buffers grow by doubling) is taken at once, so a
-            // connection holding budget never waits for more: no two can
-            // each hold part of what the other needs. The share is
-            // accounting; memory still follows the bytes that arrive. The
-            // first read of a message needs none: it is one read's size,
-            // like any connection's.
+            // server-wide budget, by what it is about to read (see
+            // `budget`). The share is accounting; memory still follows the
+            // bytes that arrive. The first read of a message needs none: it
+            // is one read's size, like any connection's.
             let need = (!inbuf.is_empty()).then(|| {
                 let cap = shared.config.max_buffered_bytes.max(1);
-                (inbuf.len() + batch.needed).next_power_of_two().min(cap)
+                (inbuf.len() + batch.needed).min(cap)
             });
             let woken = {
                 let outbox = self.outbox().cloned();
@@ -418,18 +416,19 @@ impl<S: Socket> Connection<'_, S> {
                 let registered = self.registered;
                 let read = async {
                     let mut since = armed;
-                    if let Some(need) = need {
-                        let held = budget.as_ref().map_or(0, |p| p.num_permits());
-                        if held < need {
-                            let more = u32::try_from(need - held).unwrap_or(u32::MAX);
-                            // The semaphore is never closed.
-                            if let Ok(permit) = buffered.clone().acquire_many_owned(more).await {
-                                match &mut budget {
-                                    Some(held) => held.merge(permit),
-                                    None => budget = Some(permit),
-                                }
-                            }
+                    let mut want = want;
+                    if let Some(total) = need {
+                        // As much as one read takes if that is safe, else a
+                        // first read's worth: under pressure, shares follow
+                        // the bytes that arrive closely.
+                        let share = budget.get_or_insert_with(|| buffered.share());
+                        let (len, held) = (inbuf.len(), share.held());
+                        if held < len + want.min(total.saturating_sub(len)) {
+                            let covered = share.grow(len + want, len + READ_CHUNK, total).await;
                             since = Instant::now();
+                            if covered < total {
+                                want = covered.saturating_sub(len).max(1);
+                            }
                         }
                     }
                     // Quiet from here until bytes arrive: waiting for the

@@ -3,6 +3,7 @@
 //! * [`config`]: every setting of a server, with its safe default.
 //! * `engine`: the accept loop and graceful shutdown.
 //! * `admission`: the handshake places and client slots a connection takes.
+//! * `budget`: the memory half-received messages share, fairly.
 //! * [`server`]: the engine behind a blocking handle Python drives.
 //! * `connection`: one client's session: buffers, timeouts, replies.
 //! * `conversation`: its handler's view of it, its outbox, a session's hooks.
@@ -12,6 +13,7 @@
 //! * [`proxy`]: the PROXY protocol header a load balancer puts first.
 
 mod admission;
+mod budget;
 pub mod config;
 pub(crate) mod connection;
 mod conversation;

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
+use super::budget::Budget;
 use super::config::{Config, Mode};
 use super::connection::Shared;
 use super::engine::{bind, network_threads, run};
@@ -85,9 +86,7 @@ impl Server {
             stats: Arc::default(),
             admission: Admission::new(&config),
             hub: Hub::default(),
-            buffered: Arc::new(Semaphore::new(
-                config.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
-            )),
+            buffered: Budget::new(config.max_buffered_bytes),
             runner,
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             message_level: if config.max_clients == 1 {
