@@ -75,6 +75,10 @@ pub struct Reactor {
     /// Closed: tasks are dropped, not run. A turn runs tasks under the read
     /// lock, so [`Reactor::close`] returns only once none is running.
     closed: RwLock<bool>,
+    /// Tests only: run right after a turn's last look at the queue, the
+    /// narrowest window for a wake from another thread to be lost in.
+    #[cfg(test)]
+    after_last_look: Mutex<Option<Box<dyn FnMut() + Send>>>,
 }
 
 impl std::fmt::Debug for Reactor {
@@ -129,6 +133,8 @@ impl Reactor {
             turns: AtomicU64::new(0),
             seen_turns: AtomicU64::new(0),
             closed: RwLock::new(false),
+            #[cfg(test)]
+            after_last_look: Mutex::default(),
         }))
     }
 
@@ -217,7 +223,13 @@ impl Reactor {
             // Its own statement: the lock must be let go before the task
             // runs, since a task may wake another.
             let next = lock(&self.queue).pop_front();
-            let Some(runnable) = next else { break };
+            let Some(runnable) = next else {
+                #[cfg(test)]
+                if let Some(hook) = lock(&self.after_last_look).as_mut() {
+                    hook();
+                }
+                break;
+            };
             if *closed {
                 drop(runnable);
                 continue;

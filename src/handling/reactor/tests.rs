@@ -307,3 +307,46 @@ fn a_wake_at_the_end_of_a_turn_is_never_lost() -> TestResult {
 fn wakes_from_three_threads_during_turns_are_never_lost() -> TestResult {
     no_wake_is_lost(3)
 }
+
+/// The deterministic form of the two tests above: a wake from another thread
+/// lands exactly after the turn's last look at the queue. It must ring the
+/// bell (the turn has taken the previous ring), or its task is queued with
+/// the loop asleep.
+#[test]
+fn a_wake_right_after_the_last_look_rings_the_bell() -> TestResult {
+    let runtime = runtime()?;
+    let reactor = Reactor::new()?;
+    let wanted = Arc::new(Wanted::default());
+    let w = wanted.clone();
+    reactor.spawn(runtime.handle().clone(), async move {
+        w.next().await;
+        w.next().await;
+    });
+    // The spawn rang: the first turn runs the task to its first wait.
+    assert!(readable(reactor.fd()));
+    assert!(reactor.turn());
+    // A wake from elsewhere makes the next turn, which runs the task; then,
+    // as that turn finishes, one more wake from another thread.
+    wanted.ask();
+    assert!(readable(reactor.fd()));
+    let w = wanted.clone();
+    let mut armed = true;
+    *lock(&reactor.after_last_look) = Some(Box::new(move || {
+        // Once the task has seen the first wake and waits again.
+        if armed && w.seen.load(Ordering::SeqCst) == 1 {
+            armed = false;
+            let w = w.clone();
+            let _ = thread::spawn(move || w.ask()).join();
+        }
+    }));
+    assert!(reactor.turn());
+    assert!(!lock(&reactor.queue).is_empty(), "the last wake queued the task");
+    assert!(
+        readable(reactor.fd()),
+        "a task is queued and the descriptor is not readable: a lost wake-up"
+    );
+    assert!(reactor.turn());
+    assert_eq!(wanted.seen.load(Ordering::SeqCst), 2);
+    assert_eq!(reactor.tasks(), 0);
+    Ok(())
+}
