@@ -6,6 +6,7 @@ use std::io::Write;
 use std::net::Shutdown;
 
 use common::*;
+use sockdemo::serve::proxy::ProxyPolicy;
 use sockdemo::serve::{Config, Mode, Server};
 
 /// A message comes back behind the prefix, every byte unchanged.
@@ -158,6 +159,46 @@ fn a_full_server_makes_room_by_closing_the_longest_quiet() {
     assert_eq!(server.0.stats().errors, 0, "making room is not a failure");
 }
 
+/// A slot holder the server is still writing to is not quiet, however long
+/// ago it last sent: a newcomer waits for the slot rather than cutting off
+/// replies the holder is owed.
+#[test]
+fn a_slot_holder_slow_to_read_its_replies_is_not_evicted() {
+    let after = std::time::Duration::from_secs(1);
+    let server = start(Config {
+        max_clients: 1,
+        evict_idle_after: Some(after),
+        reply_prefix: Vec::new(),
+        ..Config::default()
+    });
+    let mut holder = server.connect();
+    send(&mut holder, b"first");
+    assert_eq!(read_exactly(&mut holder, 5), b"first");
+    // Quiet past the eviction time while nobody waits: still served.
+    std::thread::sleep(after * 2);
+    // A burst it does not read yet: the server's replies fill both socket
+    // buffers, and its write waits.
+    let burst = vec![b'x'; 16 << 20];
+    let mut writer = holder.try_clone().unwrap();
+    let sent = burst.clone();
+    let sender = std::thread::spawn(move || send(&mut writer, &sent));
+    // Busy from its first bytes on (till then, quiet long enough to go).
+    wait_until(|| server.0.stats().bytes_in > 5);
+    let mut newcomer = server.connect();
+    send(&mut newcomer, b"let me in");
+    wait_until(|| server.0.stats().connections_opening == 1);
+    // Room is looked for every half second: a wrong eviction would have
+    // happened within a few looks.
+    std::thread::sleep(after + std::time::Duration::from_millis(1500));
+    holder
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(read_exactly(&mut holder, burst.len()), burst);
+    sender.join().unwrap();
+    drop(holder);
+    assert_eq!(read_exactly(&mut newcomer, 9), b"let me in");
+}
+
 /// Connections that have said nothing whole hold no slot. When every
 /// handshake place is taken and another client connects, the opening
 /// connection furthest behind goes: a silent one before one that has sent
@@ -197,6 +238,26 @@ fn opening_connections_make_way_for_a_client_that_speaks() {
     drop(newcomer);
     assert_eq!(read_frame(&mut talker), [PREFIX, b"hello"].concat());
     server.0.shutdown();
+}
+
+/// A PROXY header that is not one is the sender's failure, counted as an
+/// error, not as a connection closed to make room.
+#[test]
+fn a_bad_proxy_header_is_an_error_not_an_eviction() {
+    let server = start(Config {
+        proxy: Some(ProxyPolicy::new(vec!["127.0.0.0/8".parse().unwrap()])),
+        ..Config::default()
+    });
+    let mut sock = server.connect();
+    send(&mut sock, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(read_until_closed(&mut sock).is_empty());
+    wait_until(|| server.0.stats().errors == 1);
+    let metrics = server.0.metrics();
+    assert!(
+        metrics.contains("sockdemo_errors_total{kind=\"proxy\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sockdemo_connections_closed_total{reason=\"evicted\"} 0"));
 }
 
 /// Nothing has arrived to say the connection is closing, for a moment.
@@ -265,6 +326,8 @@ fn with_no_prefix_a_burst_comes_back_as_sent_and_bye_still_ends_it() {
     let sender = std::thread::spawn(move || send(&mut writer, &sent));
     assert_eq!(read_exactly(&mut sock, burst.len()), burst);
     sender.join().unwrap();
+    // However the burst was read, it counts as a recv(1024) would cut it.
+    wait_until(|| server.0.stats().messages == 100);
     // A burst whose last message is a goodbye: the messages before it come
     // back, then the goodbye, then the close.
     let mut last = vec![b'z'; 2048];

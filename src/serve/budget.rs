@@ -220,6 +220,22 @@ mod tests {
     }
 
     #[test]
+    fn a_share_grows_only_if_every_holder_can_still_finish_in_turn() {
+        // 220 bytes: a 60-byte message and a 210-byte one hold 10 each.
+        let budget = Budget::new(220);
+        let [mut small, mut large, mut whole] = [(); 3].map(|_| budget.share());
+        assert_eq!(now(small.grow(10, 10, 60)), Some(10));
+        assert_eq!(now(large.grow(10, 10, 210)), Some(10));
+        // 100 of a 220-byte message would leave 100 free: the small message
+        // could finish and give back 60, and then neither of the others
+        // could (120 and 200 more, of 110).
+        assert_eq!(now(whole.grow(100, 100, 220)), None);
+        // 10 leaves 190: small finishes (200 free), then large (210), then
+        // this one.
+        assert_eq!(now(whole.grow(100, 10, 220)), Some(10));
+    }
+
+    #[test]
     fn holders_never_all_wait_for_each_other() {
         // Eight 600-byte messages, a budget of 2000: shares grow in 100-byte
         // steps, round robin, and every message still completes.

@@ -274,7 +274,8 @@ mod tests {
             seated,
         ] = [&a, &b, &c, &d, &e, &f].map(|t| registry.register(registry.arrival(), t.clone()));
         talking.reached(Milestone::Open, 3);
-        waiting.reached(Milestone::Waiting, 10);
+        // As a connection that waits for a slot marks itself.
+        waiting.reached(Milestone::Waiting, 0);
         shaken_hands.reached(Milestone::Open, 0);
         seated.seated();
         let order = [&b, &d, &e, &a];
@@ -292,5 +293,24 @@ mod tests {
         waiting.reached(Milestone::Open, 0);
         talking.seated();
         assert!(talking.evicted());
+    }
+
+    #[test]
+    fn a_milestone_outranks_age_and_bytes() {
+        let registry = Registry::new();
+        let [a, b, c] = tokens();
+        let [older, younger, chatty] =
+            [&a, &b, &c].map(|t| registry.register(registry.arrival(), t.clone()));
+        // The older one's PROXY header is in; the younger has nothing yet;
+        // a third has many bytes of its first message but is one step
+        // behind a connection that finished its handshake with none.
+        older.reached(Milestone::Introduced, 0);
+        chatty.reached(Milestone::Introduced, 1 << 20);
+        assert!(registry.evict_least_progress());
+        assert!(b.is_cancelled() && !a.is_cancelled());
+        older.reached(Milestone::Open, 0);
+        assert!(registry.evict_least_progress());
+        assert!(c.is_cancelled() && !a.is_cancelled());
+        drop((older, younger, chatty));
     }
 }

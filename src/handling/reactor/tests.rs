@@ -340,7 +340,10 @@ fn a_wake_right_after_the_last_look_rings_the_bell() -> TestResult {
         }
     }));
     assert!(reactor.turn());
-    assert!(!lock(&reactor.queue).is_empty(), "the last wake queued the task");
+    assert!(
+        !lock(&reactor.queue).is_empty(),
+        "the last wake queued the task"
+    );
     assert!(
         readable(reactor.fd()),
         "a task is queued and the descriptor is not readable: a lost wake-up"
