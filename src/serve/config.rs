@@ -39,8 +39,9 @@ pub struct Config {
     /// server runs sessions, a whole first message. Later ones wait.
     pub max_clients: usize,
     /// Connections opening at once, not yet holding a slot (default 1024,
-    /// and never fewer than `max_clients`). When every place is taken and another client connects, the opening
-    /// connection that has made the least progress is closed.
+    /// and never fewer than `max_clients`). When every place is taken and
+    /// another client connects, the opening connection that has made the
+    /// least progress is closed.
     pub max_handshakes: usize,
     /// A PROXY header and a TLS handshake must each complete within this
     /// (default 10 s), as HAProxy's `timeout client-hs`.
@@ -57,8 +58,8 @@ pub struct Config {
     /// Close a connection that sends nothing for this long (default: never).
     pub idle_timeout: Option<Duration>,
     /// When every slot is taken and a client waits, close the slot holder
-    /// quiet the longest (no bytes arriving, no handler at work for it) if
-    /// it has been quiet this long (default 10 s; `None` never does).
+    /// quiet the longest (waiting for its client to send) if it has been
+    /// quiet this long (default 10 s; `None` never does).
     pub evict_idle_after: Option<Duration>,
     /// Bytes of half-received messages all connections together may hold
     /// (default 64 MiB). Past it, connections with a message under way stop

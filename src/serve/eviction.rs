@@ -56,8 +56,8 @@ pub(crate) struct Entry {
     /// once chosen to go as an opening connection.
     progress: AtomicU64,
     /// Nanoseconds after the epoch (plus one) since when the connection has
-    /// waited for bytes with no handler at work for it; [`BUSY`] or
-    /// [`EVICTED`].
+    /// waited for its client to send; [`BUSY`] while bytes arrive or it
+    /// writes an echo itself; or [`EVICTED`].
     quiet_since: AtomicU64,
     /// The connection's own stop token.
     stop: CancellationToken,
@@ -188,8 +188,8 @@ impl Registered<'_> {
             .fetch_update(Relaxed, Relaxed, |v| (v != EVICTED).then_some(SEATED));
     }
 
-    /// The connection waits for bytes with no handler at work for it, since
-    /// `at`.
+    /// The connection waits for its client to send, since `at`. (A handler
+    /// may still be at work for it: if it is closed, that reply goes first.)
     pub fn quiet(&self, at: Instant) {
         let now = self.registry.stamp(at);
         let _ = self
