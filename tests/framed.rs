@@ -277,6 +277,45 @@ fn stalled_frames_do_not_hold_the_budget_for_what_they_declared() {
     server.0.shutdown();
 }
 
+/// A first message under way counts against the budget like any other,
+/// though its connection holds no slot yet. Eight connections each send
+/// 300 KB of a 1 MiB frame and stall, against a 1 MiB budget: by the
+/// banker's rule one of them may grow (with two holding any, neither could
+/// finish), so the server reads that one's 300 KB and a first read of each
+/// of the others, and no more.
+#[test]
+fn first_frames_under_way_stay_within_the_budget() {
+    const PEERS: u64 = 8;
+    const SENT: u64 = 300_000;
+    const FIRST_READ: u64 = 16 * 1024;
+    let server = start(Config {
+        max_buffered_bytes: 1 << 20,
+        max_clients: 1,
+        ..framed()
+    });
+    let senders: Vec<_> = (0..PEERS)
+        .map(|_| {
+            let mut sock = server.connect();
+            std::thread::spawn(move || {
+                // Blocks once the server stops reading; fails when it closes.
+                let _ = sock.write_all(&(1u32 << 20).to_be_bytes());
+                let _ = sock.write_all(&[b's'; SENT as usize]);
+                sock
+            })
+        })
+        .collect();
+    wait_until(|| server.0.stats().bytes_in >= PEERS * FIRST_READ);
+    // The server reads on only if the bound does not hold: give it the time.
+    std::thread::sleep(Duration::from_millis(500));
+    let read = server.0.stats().bytes_in;
+    let bound = (4 + SENT) + (PEERS - 1) * FIRST_READ;
+    assert!(read <= bound, "{read} bytes read, at most {bound} expected");
+    server.0.shutdown();
+    for sender in senders {
+        drop(sender.join().unwrap());
+    }
+}
+
 /// A reply larger than the socket buffers reaches a slow reader whole: the
 /// connection waits for it to read, within the write timeout.
 #[test]
