@@ -385,4 +385,50 @@ mod tests {
         assert_eq!(snapshot.errors, 1);
         assert_eq!(snapshot.messages, 2);
     }
+
+    #[test]
+    fn every_failure_is_counted_under_its_own_kind() {
+        use std::io::{Error as IoError, ErrorKind};
+        let peer = "127.0.0.1:1".parse().unwrap();
+        for (error, label) in [
+            (Error::Timeout(Duration::from_secs(1)), "timeout"),
+            (IoError::from(ErrorKind::ConnectionReset).into(), "reset"),
+            (IoError::from(ErrorKind::BrokenPipe).into(), "io"),
+            (
+                Error::MessageTooLarge {
+                    size: 2,
+                    limit: 1,
+                    hint: "",
+                },
+                "too_large",
+            ),
+            (Error::Proxy("bad header".into()), "proxy"),
+            (Error::Protocol("bad frame".into()), "protocol"),
+            (rustls::Error::DecryptError.into(), "tls"),
+            (Error::NotTls(peer), "tls"),
+            (Error::Certificate("no key".into()), "tls"),
+            (Error::Handler("raised".into()), "handler"),
+            (
+                Error::SlowReader {
+                    pending: 2,
+                    limit: 1,
+                },
+                "slow_reader",
+            ),
+            (Error::Closed, "io"),
+        ] {
+            assert_eq!(kind(&error), label, "{error:?}");
+            assert!(KINDS.contains(&label));
+        }
+    }
+
+    #[test]
+    fn handler_latencies_are_bucketed_from_50_microseconds_doubling() {
+        let buckets = latency_buckets();
+        assert_eq!(buckets.len(), 22);
+        assert_eq!(buckets[0], 50e-6);
+        assert!(buckets.windows(2).all(|pair| pair[1] == 2.0 * pair[0]));
+        // The last bound, about 105 s, is past any handler worth timing.
+        assert!((buckets[21] - 104.8576).abs() < 1e-9);
+    }
 }

@@ -166,6 +166,13 @@ fn plaintext_on_a_tls_port_is_contained() {
         client.request(b"ok", &mut never).unwrap(),
         b"Server received: ok"
     );
+    // Counted as a failed handshake, and as the failure of that connection.
+    let metrics = server.0.metrics();
+    assert!(
+        metrics.contains("sockdemo_tls_handshake_failures_total 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sockdemo_errors_total{kind=\"tls\"} 1\n"));
 }
 
 /// The one-shot mode stops at its message allowance even when replies to a
