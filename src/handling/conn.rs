@@ -117,3 +117,72 @@ impl std::fmt::Debug for Conn {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(protocol: Protocol, max_pending: usize) -> Conn {
+        let codec = Codec::new(protocol, 1024, 16).unwrap();
+        // No socket: everything sent is queued for the connection to write.
+        let outbox = Outbox::new(None, false, Arc::default(), max_pending);
+        Conn::new(
+            7,
+            "127.0.0.1:5000".parse().unwrap(),
+            codec,
+            Arc::new(outbox),
+        )
+    }
+
+    #[test]
+    fn sends_are_encoded_for_the_protocol_and_queued_in_order() {
+        let framed = conn(Protocol::Framed, 1024);
+        assert_eq!(framed.id(), 7);
+        assert!(framed.send(b"hi").unwrap());
+        assert!(framed.push_encoded(b"\0\0\0\x01!"));
+        assert_eq!(framed.pending(), 6 + 5);
+        assert_eq!(framed.outbox().take().unwritten, b"\0\0\0\x02hi\0\0\0\x01!");
+        // Exactly the limit is carried; one byte more is refused, and
+        // nothing is queued for it.
+        assert!(framed.send(&[b'x'; 16]).unwrap());
+        assert!(matches!(
+            framed.send(&[b'x'; 17]),
+            Err(Error::MessageTooLarge {
+                size: 17,
+                limit: 16,
+                ..
+            })
+        ));
+        assert_eq!(framed.pending(), 20);
+        // An empty frame is a message like any other.
+        assert!(framed.send(b"").unwrap());
+
+        let raw = conn(Protocol::Raw, 1024);
+        assert!(raw.send(&[b'y'; 40]).unwrap(), "raw has no frame limit");
+        assert!(matches!(raw.send(b""), Err(Error::InvalidArgument(_))));
+        assert_eq!(raw.pending(), 40);
+    }
+
+    #[test]
+    fn a_closed_or_overfull_connection_takes_nothing_more() {
+        let slow = conn(Protocol::Raw, 4);
+        assert!(!slow.send(b"12345").unwrap(), "past the bound");
+        assert!(!slow.send(b"1").unwrap());
+        assert!(!slow.push_encoded(b"1"));
+        let closing = conn(Protocol::Raw, 1024);
+        assert!(closing.send(b"last").unwrap());
+        closing.close();
+        assert!(!closing.send(b"late").unwrap());
+        assert!(closing.outbox().take().ended);
+    }
+
+    #[test]
+    fn state_is_kept_once() {
+        let conn = conn(Protocol::Raw, 1024);
+        assert!(conn.state::<String>().is_none());
+        assert!(conn.set_state(Box::new(String::from("alice"))));
+        assert!(!conn.set_state(Box::new(String::from("bob"))));
+        assert_eq!(conn.state::<String>().unwrap(), "alice");
+        assert!(conn.state::<u32>().is_none());
+    }
+}
