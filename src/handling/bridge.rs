@@ -348,6 +348,32 @@ mod tests {
     }
 
     #[test]
+    fn a_loop_woken_for_its_sockets_needs_no_bell_for_jobs() -> crate::Result<()> {
+        let bridge = LoopBridge::new(false)?;
+        assert!(!bridge.is_session());
+        // Woken by a socket, say: it takes jobs before it waits again.
+        bridge.woken();
+        let (first, _a) = job(Protocol::Raw, &[b"a"]);
+        bridge.submit(first);
+        assert!(!readable(&bridge));
+        assert_eq!(bridge.take().len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn the_loop_thread_is_known_before_its_first_take() -> crate::Result<()> {
+        let bridge = Arc::new(LoopBridge::new(true)?);
+        assert!(bridge.is_session());
+        assert!(!bridge.is_current_thread());
+        bridge.claim();
+        assert!(bridge.is_current_thread());
+        let elsewhere = bridge.clone();
+        let other = thread::spawn(move || elsewhere.is_current_thread());
+        assert!(!other.join().expect("the thread only asks"));
+        Ok(())
+    }
+
+    #[test]
     fn finishing_wakes_the_loop() -> crate::Result<()> {
         let bridge = LoopBridge::new(false)?;
         bridge.finish();
