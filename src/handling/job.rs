@@ -304,6 +304,15 @@ pub(crate) mod testing {
     /// bytes, echo prefix "> "), with no socket: everything is handed back,
     /// as under TLS.
     pub fn job(protocol: Protocol, messages: &[&[u8]]) -> (Job, Pending) {
+        made(protocol, messages, false)
+    }
+
+    /// As [`job`], for a session: its replies are sent as they are made.
+    pub fn session_job(protocol: Protocol, messages: &[&[u8]]) -> (Job, Pending) {
+        made(protocol, messages, true)
+    }
+
+    fn made(protocol: Protocol, messages: &[&[u8]], session: bool) -> (Job, Pending) {
         let data: Vec<u8> = messages.concat();
         let mut at = 0;
         let ranges = messages
@@ -317,7 +326,7 @@ pub(crate) mod testing {
         let replies = Arc::new(Replies {
             codec,
             prefix: b"> ".to_vec(),
-            session: false,
+            session,
         });
         let stats = Arc::new(Stats::default());
         let outbox = Arc::new(Outbox::new(None, false, stats.clone(), 1 << 20));
@@ -355,8 +364,66 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{job, wait};
+    use super::testing::{job, session_job, wait};
     use super::*;
+
+    #[test]
+    fn replies_are_encoded_in_order_and_the_last_one_says_stop() -> crate::Result<()> {
+        let (mut job, pending) = job(Protocol::Raw, &[b"ab", b"cd"]);
+        assert!(!job.is_empty());
+        assert_eq!(job.messages().collect::<Vec<_>>(), [b"ab", b"cd"]);
+        // Until settled, the pool can reach the connection (to cut it off
+        // if the handler is stuck).
+        assert!(job.outbox().is_some());
+        assert_eq!(job.next(), Some(&b"ab"[..]));
+        assert!(job.answer(Ok(Some(b"AB"))), "one message is left");
+        assert_eq!(job.next(), Some(&b"cd"[..]));
+        assert!(!job.answer(Ok(None)), "none is left");
+        assert_eq!(job.next(), None);
+        job.settle(true);
+        let answer = wait(pending)?;
+        assert_eq!(answer.out, b"AB> cd");
+        assert_eq!(answer.answered, 2);
+        assert!(answer.error.is_none());
+        let (empty, _pending) = super::testing::job(Protocol::Raw, &[]);
+        assert!(empty.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_session_reply_leaves_at_once_in_order_with_its_pushes() -> crate::Result<()> {
+        let (mut job, pending) = session_job(Protocol::Raw, &[b"ab", b"cd"]);
+        assert!(job.answer(Ok(Some(b"AB"))));
+        job.conn().send(b"+push").expect("a raw message");
+        // No reply is no reply: a session owes none.
+        assert!(!job.answer(Ok(None)));
+        assert_eq!(pending.take().unwritten, b"AB+push");
+        job.settle(true);
+        let answer = wait(pending)?;
+        assert!(answer.out.is_empty() && answer.error.is_none());
+        // A reply the protocol cannot carry stops the session's job.
+        let (mut job, pending) = session_job(Protocol::Raw, &[b"ab"]);
+        assert!(!job.answer(Ok(Some(b""))));
+        job.settle(true);
+        assert!(matches!(
+            wait(pending)?.error,
+            Some(Error::InvalidArgument(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_job_stops_and_its_connection_closes_with_the_reason() -> crate::Result<()> {
+        let (mut job, pending) = job(Protocol::Raw, &[b"ab", b"cd"]);
+        assert!(job.answer(Ok(Some(b"AB"))));
+        job.fail(Error::Protocol("gone wrong".into()));
+        assert_eq!(job.next(), None);
+        job.settle(true);
+        let answer = wait(pending)?;
+        assert_eq!(answer.out, b"AB");
+        assert!(matches!(answer.error, Some(Error::Protocol(e)) if e == "gone wrong"));
+        Ok(())
+    }
 
     #[test]
     fn a_dropped_job_closes_its_connection() -> crate::Result<()> {
