@@ -85,7 +85,7 @@ impl CallClock {
             // SAFETY: `now` is ours to write; a clock whose thread has gone
             // makes the call fail, and then there is no answer.
             if clock != 0 && unsafe { libc::clock_gettime(clock, &mut now) } == 0 {
-                return Some(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64);
+                return Some(nanos(&now));
             }
         }
         None
@@ -106,6 +106,12 @@ impl CallClock {
         let started = self.started.load(Relaxed);
         started != 0 && (now + 1).saturating_sub(started) >= after.as_nanos() as u64
     }
+}
+
+/// A clock reading in nanoseconds.
+#[cfg(target_os = "linux")]
+fn nanos(time: &libc::timespec) -> u64 {
+    time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
 }
 
 /// A moving average of what a handler call costs: calls that cost more
@@ -292,6 +298,75 @@ impl Drop for Claim<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This thread's CPU time, in nanoseconds.
+    #[cfg(target_os = "linux")]
+    fn cpu_now() -> u64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is ours to write.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) },
+            0
+        );
+        nanos(&now)
+    }
+
+    #[test]
+    fn a_call_is_stuck_from_its_time_on() {
+        let clock = CallClock::default();
+        let after = Duration::from_millis(10);
+        assert!(!clock.calling() && !clock.stuck(u64::MAX / 2, after));
+        clock.start(1_000);
+        assert!(clock.calling());
+        assert!(!clock.stuck(1_000 + 9_999_999, after));
+        assert!(clock.stuck(1_000 + 10_000_000, after));
+        clock.stop();
+        assert!(!clock.calling());
+    }
+
+    /// Wall time here is what the test says it is; CPU time is this
+    /// thread's own, so the answers do not depend on how busy the machine is.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_long_call_counts_as_waiting_only_while_its_thread_computes_little() {
+        assert_eq!(
+            nanos(&libc::timespec {
+                tv_sec: 2,
+                tv_nsec: 5
+            }),
+            2_000_000_005
+        );
+        let clock = CallClock::default();
+        let after = Duration::from_millis(10);
+        let start = 1_000;
+        clock.start(start);
+        assert!(!clock.waiting(start + 1, after), "not long yet");
+        // The first look at a long call only takes a sample.
+        let first_look = start + 20_000_000;
+        assert!(!clock.waiting(first_look, after));
+        // A second later this thread has used far less than an eighth of it.
+        assert!(clock.waiting(first_look + 1_000_000_000, after));
+
+        // A new call that computes: 5 ms of this thread's CPU in 10 ms of
+        // wall time is half a core.
+        clock.stop();
+        let start = first_look + 2_000_000_000;
+        clock.start(start);
+        let first_look = start + 20_000_000;
+        assert!(
+            !clock.waiting(first_look, after),
+            "a new call, a new sample"
+        );
+        let spun = cpu_now();
+        while cpu_now() - spun < 5_000_000 {
+            std::hint::black_box(0u64);
+        }
+        let used = cpu_now() - spun;
+        assert!(!clock.waiting(first_look + 2 * used, after));
+    }
 
     #[test]
     fn lanes_are_claimed_one_thread_each_and_freed_on_drop() {
