@@ -353,6 +353,42 @@ mod tests {
     }
 
     #[test]
+    fn the_bound_counts_what_one_push_would_queue() {
+        let outbox = outbox(8);
+        assert_eq!(
+            outbox.push(b"12345678", false),
+            Pushed::Sent,
+            "at the bound"
+        );
+        let over = self::outbox(8);
+        assert_eq!(over.push(b"123456789", false), Pushed::TooSlow);
+    }
+
+    #[test]
+    fn a_push_written_at_once_never_overtakes_what_is_queued() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().expect("bound"))
+            .expect("a loopback connection");
+        let (ours, _) = listener.accept().expect("the connection");
+        let outbox = Outbox::new(Some(Socket::from(ours)), true, Arc::default(), 1024);
+        assert_eq!(outbox.push(b"now ", true), Pushed::Sent);
+        assert_eq!(outbox.pending(), 0, "written at once");
+        assert_eq!(outbox.push(b"queued ", false), Pushed::Sent);
+        assert_eq!(outbox.push(b"behind", true), Pushed::Sent);
+        assert_eq!(outbox.pending(), 13, "queued behind what waits");
+        assert_eq!(outbox.take().unwritten, b"queued behind");
+        // While the connection writes what it took, nothing overtakes it.
+        assert_eq!(outbox.push(b"!", true), Pushed::Sent);
+        assert_eq!(outbox.pending(), 1);
+        outbox.release();
+        let mut seen = Vec::new();
+        peer.read_to_end(&mut seen)
+            .expect("the peer reads to the close");
+        assert_eq!(seen, b"now ");
+    }
+
+    #[test]
     fn an_ended_or_closed_connection_takes_no_pushes() {
         let outbox = outbox(1024);
         outbox.end();
