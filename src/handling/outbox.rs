@@ -353,6 +353,27 @@ mod tests {
     }
 
     #[test]
+    fn a_push_to_a_waiting_connection_wakes_it() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Flag(AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let outbox = outbox(1024);
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut needed = std::pin::pin!(outbox.needed());
+        let mut cx = Context::from_waker(&waker);
+        assert!(needed.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(outbox.push(b"news", false), Pushed::Sent);
+        assert!(flag.0.load(Ordering::SeqCst), "the connection was not told");
+        assert_eq!(needed.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+
+    #[test]
     fn the_bound_counts_what_one_push_would_queue() {
         let outbox = outbox(8);
         assert_eq!(
