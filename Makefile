@@ -111,7 +111,7 @@ bench: build $(TOOLS)
 
 ## mutants: plant bugs in the core and check the Rust tests catch each one
 ## (cargo-mutants; .cargo/mutants.toml lists the files and accepted survivors;
-## about two and a half hours on 2 cores for the whole engine, ARGS="-f FILE"
+## about two and a half hours on 2 cores for the whole engine; ARGS='--re PATH'
 ## for one file; not part of `make test`)
 mutants:
 	@command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants --version "^27"
