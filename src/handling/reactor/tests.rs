@@ -72,6 +72,29 @@ fn a_task_woken_inside_a_turn_runs_in_that_turn_without_the_bell() -> TestResult
 }
 
 #[test]
+fn a_turn_that_stops_at_its_budget_comes_back_for_the_rest() -> TestResult {
+    let runtime = runtime()?;
+    let reactor = Reactor::new()?;
+    let ran = Arc::new(AtomicU64::new(0));
+    for _ in 0..TURN_BUDGET + 1 {
+        let ran = ran.clone();
+        reactor.spawn(runtime.handle().clone(), async move {
+            ran.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    assert!(reactor.turn());
+    assert_eq!(ran.load(Ordering::SeqCst), TURN_BUDGET as u64);
+    assert!(
+        readable(reactor.fd()),
+        "one task left, and nothing to bring the loop back"
+    );
+    assert!(reactor.turn());
+    assert_eq!(ran.load(Ordering::SeqCst), TURN_BUDGET as u64 + 1);
+    assert!(!readable(reactor.fd()));
+    Ok(())
+}
+
+#[test]
 fn a_connection_is_read_and_answered_through_the_reactor() -> TestResult {
     let runtime = runtime()?;
     let reactor = Reactor::new()?;
