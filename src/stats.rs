@@ -389,7 +389,7 @@ mod tests {
     #[test]
     fn every_failure_is_counted_under_its_own_kind() {
         use std::io::{Error as IoError, ErrorKind};
-        let peer = "127.0.0.1:1".parse().unwrap();
+        let peer = ([127, 0, 0, 1], 1).into();
         for (error, label) in [
             (Error::Timeout(Duration::from_secs(1)), "timeout"),
             (IoError::from(ErrorKind::ConnectionReset).into(), "reset"),

@@ -394,7 +394,7 @@ mod tests {
     fn a_session_reply_leaves_at_once_in_order_with_its_pushes() -> crate::Result<()> {
         let (mut job, pending) = session_job(Protocol::Raw, &[b"ab", b"cd"]);
         assert!(job.answer(Ok(Some(b"AB"))));
-        job.conn().send(b"+push").expect("a raw message");
+        job.conn().send(b"+push")?;
         // No reply is no reply: a session owes none.
         assert!(!job.answer(Ok(None)));
         assert_eq!(pending.take().unwritten, b"AB+push");

@@ -386,12 +386,11 @@ mod tests {
     }
 
     #[test]
-    fn a_push_written_at_once_never_overtakes_what_is_queued() {
+    fn a_push_written_at_once_never_overtakes_what_is_queued() -> io::Result<()> {
         use std::io::Read;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-        let mut peer = std::net::TcpStream::connect(listener.local_addr().expect("bound"))
-            .expect("a loopback connection");
-        let (ours, _) = listener.accept().expect("the connection");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let mut peer = std::net::TcpStream::connect(listener.local_addr()?)?;
+        let (ours, _) = listener.accept()?;
         let outbox = Outbox::new(Some(Socket::from(ours)), true, Arc::default(), 1024);
         assert_eq!(outbox.push(b"now ", true), Pushed::Sent);
         assert_eq!(outbox.pending(), 0, "written at once");
@@ -404,9 +403,9 @@ mod tests {
         assert_eq!(outbox.pending(), 1);
         outbox.release();
         let mut seen = Vec::new();
-        peer.read_to_end(&mut seen)
-            .expect("the peer reads to the close");
+        peer.read_to_end(&mut seen)?;
         assert_eq!(seen, b"now ");
+        Ok(())
     }
 
     #[test]
