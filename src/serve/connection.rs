@@ -14,22 +14,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use log::{Level, debug, info, log, warn};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
+use super::answer::Batch;
 use super::hub::Hub;
 use super::proxy;
 use super::transport::{self, Transport, until};
 use crate::address::py_address;
 use crate::error::{Error, Result};
 use crate::handling::conn::Conn;
-use crate::handling::job::Stage;
 use crate::handling::outbox::Delivered;
 use crate::handling::runner::Runner;
-use crate::protocol::{BYE_REPLY, Codec, Decoded, Protocol, Reply, is_bye};
+use crate::protocol::{Codec, Decoded, is_bye};
 use crate::serve::admission::{Admission, Place};
 use crate::serve::budget::{Budget, Share};
 use crate::serve::config::Config;
@@ -46,7 +46,7 @@ const MAX_READ: usize = 256 * 1024;
 /// peers announcing 1 MiB frames and sending nothing cost next to nothing.
 const MAX_READ_AHEAD: usize = 256 * 1024;
 /// Replies buffered before they are written even if more messages wait.
-const FLUSH_AT: usize = 256 * 1024;
+pub(super) const FLUSH_AT: usize = 256 * 1024;
 /// How long a reply already being written may take once shutdown is asked.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
@@ -85,7 +85,7 @@ pub(crate) struct Session {
 
 /// How a session ended without error.
 #[derive(Debug, PartialEq, Eq)]
-enum End {
+pub(super) enum End {
     /// The client closed its side.
     Closed,
     /// The client said `bye` and got the goodbye.
@@ -317,17 +317,6 @@ enum Admit {
     Shutdown,
 }
 
-/// What answering the whole messages in the buffer came to.
-#[derive(Debug, Default)]
-struct Batch {
-    /// Messages taken from the buffer: answered, or handed to the handler.
-    taken: u64,
-    /// The session ends here.
-    end: Option<End>,
-    /// Bytes still missing from the message at the front of the buffer.
-    needed: usize,
-}
-
 impl<S: Socket> Connection<'_, S> {
     async fn run(&mut self) -> Result<End> {
         let shared = self.shared;
@@ -557,157 +546,6 @@ impl<S: Socket> Connection<'_, S> {
         true
     }
 
-    /// Answers every whole message at the front of `inbuf` with the echo,
-    /// at most `allowance` of them.
-    async fn echo(&mut self, inbuf: &mut BytesMut, allowance: Option<u64>) -> Result<Batch> {
-        if let Some(batch) = self.pass_through(inbuf, allowance).await? {
-            return Ok(batch);
-        }
-        let shared = self.shared;
-        let codec = &shared.codec;
-        let mut batch = Batch::default();
-        let mut out = Vec::new();
-        let mut unflushed: u64 = 0;
-        loop {
-            if allowance.is_some_and(|max| batch.taken >= max) {
-                batch.end = Some(End::Limit);
-                break;
-            }
-            let frame = match codec.decode(inbuf) {
-                Ok(Decoded::Message(frame)) => frame,
-                Ok(Decoded::Incomplete { needed }) => {
-                    batch.needed = needed;
-                    break;
-                }
-                Err(e) => {
-                    self.refuse(&e, out, unflushed).await;
-                    return Err(e);
-                }
-            };
-            let message = &inbuf[frame.payload.clone()];
-            self.log_message(message);
-            if codec.encode_reply(&shared.config.reply_prefix, message, &mut out)? == Reply::Bye {
-                batch.end = Some(End::Bye);
-            }
-            inbuf.advance(frame.consumed());
-            batch.taken += 1;
-            unflushed += 1;
-            if batch.end.is_some() {
-                break;
-            }
-            if out.len() >= FLUSH_AT {
-                self.flush(&mut out, unflushed).await?;
-                unflushed = 0;
-            }
-        }
-        self.flush(&mut out, unflushed).await?;
-        Ok(batch)
-    }
-
-    /// Raw with no prefix, the replies are the bytes read, cut as a raw read
-    /// would have cut them: written back from the read buffer as they are,
-    /// in one write, unless one of them is a `bye` (or a message limit or
-    /// per-message logging asks for the messages one by one).
-    async fn pass_through(
-        &mut self,
-        inbuf: &mut BytesMut,
-        allowance: Option<u64>,
-    ) -> Result<Option<Batch>> {
-        let shared = self.shared;
-        let codec = &shared.codec;
-        if codec.protocol() != Protocol::Raw
-            || !shared.config.reply_prefix.is_empty()
-            || allowance.is_some()
-            || self.log_messages
-            || inbuf.is_empty()
-        {
-            return Ok(None);
-        }
-        let size = codec.buffer_size();
-        if inbuf.chunks(size).any(is_bye) {
-            return Ok(None);
-        }
-        let messages = inbuf.len().div_ceil(size) as u64;
-        // Counted before the peer can see the replies, as `flush` does.
-        shared.stats.answered(messages, inbuf.len());
-        self.write(inbuf).await?;
-        inbuf.clear();
-        Ok(Some(Batch {
-            taken: messages,
-            ..Batch::default()
-        }))
-    }
-
-    /// Hands every whole message at the front of `inbuf` (at most
-    /// `allowance`, and none past a `bye`) to the handler as one job, and
-    /// writes its answer; answers the `bye` itself.
-    async fn dispatch(
-        &mut self,
-        runner: &Runner,
-        inbuf: &mut BytesMut,
-        allowance: Option<u64>,
-    ) -> Result<Batch> {
-        let shared = self.shared;
-        let codec = &shared.codec;
-        let mut batch = Batch::default();
-        let mut messages = Vec::new();
-        let mut cut = 0;
-        let mut bye = false;
-        let mut refused = None;
-        loop {
-            if allowance.is_some_and(|max| messages.len() as u64 >= max) {
-                batch.end = Some(End::Limit);
-                break;
-            }
-            let frame = match codec.decode(&inbuf[cut..]) {
-                Ok(Decoded::Message(frame)) => frame,
-                Ok(Decoded::Incomplete { needed }) => {
-                    batch.needed = needed;
-                    break;
-                }
-                Err(e) => {
-                    refused = Some(e);
-                    break;
-                }
-            };
-            let payload = cut + frame.payload.start..cut + frame.payload.end;
-            cut += frame.consumed();
-            let message = &inbuf[payload.clone()];
-            self.log_message(message);
-            // A session owns its protocol: `bye` is a message like any other.
-            if !runner.is_session() && is_bye(message) {
-                bye = true;
-                break;
-            }
-            messages.push(payload);
-        }
-        let data = inbuf.split_to(cut).freeze();
-        batch.taken = messages.len() as u64;
-        if !messages.is_empty() {
-            // One job in flight per connection: replies stay in order.
-            self.settle().await?;
-            let conn = self.conn();
-            conn.outbox().begin();
-            runner.submit(conn, Stage::Messages, data, messages);
-        }
-        if bye || refused.is_some() || batch.end.is_some() {
-            // What ends the session goes out after every reply owed.
-            self.settle().await?;
-        }
-        let mut out = Vec::new();
-        if bye {
-            codec.encode(&[BYE_REPLY.as_bytes()], &mut out)?;
-            batch.taken += 1;
-            batch.end = Some(End::Bye);
-            self.flush(&mut out, 1).await?;
-        }
-        if let Some(e) = refused {
-            self.refuse(&e, out, 0).await;
-            return Err(e);
-        }
-        Ok(batch)
-    }
-
     /// Waits for the job in flight, if any, to be settled, and writes what
     /// the pool left; once shutdown is asked, waits at most the shutdown
     /// timeout more.
@@ -775,20 +613,8 @@ impl<S: Socket> Connection<'_, S> {
         }
     }
 
-    fn log_message(&self, message: &[u8]) {
-        let level = self.shared.message_level;
-        if self.log_messages {
-            let text = String::from_utf8_lossy(message);
-            log!(
-                level,
-                "Received from client: {}",
-                text.trim_end_matches(['\r', '\n'])
-            );
-        }
-    }
-
     /// Writes the buffered replies, which answer `messages` messages.
-    async fn flush(&mut self, out: &mut Vec<u8>, messages: u64) -> Result<()> {
+    pub(super) async fn flush(&mut self, out: &mut Vec<u8>, messages: u64) -> Result<()> {
         if out.is_empty() {
             return Ok(());
         }
@@ -804,7 +630,7 @@ impl<S: Socket> Connection<'_, S> {
 
     /// Writes `out` whole: at once if the socket takes it, else bounded by
     /// the write timeout.
-    async fn write(&mut self, out: &[u8]) -> Result<()> {
+    pub(super) async fn write(&mut self, out: &[u8]) -> Result<()> {
         if out.is_empty() {
             return Ok(());
         }
@@ -840,7 +666,7 @@ impl<S: Socket> Connection<'_, S> {
     /// Tells the peer why its message is refused, as one message in its own
     /// protocol, after the replies already due. Best effort: the connection
     /// is closing anyway.
-    async fn refuse(&mut self, error: &Error, mut out: Vec<u8>, answered: u64) {
+    pub(super) async fn refuse(&mut self, error: &Error, mut out: Vec<u8>, answered: u64) {
         let text = format!("Error: {error}");
         if self
             .shared

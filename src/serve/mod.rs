@@ -6,6 +6,7 @@
 //! * `budget`: the memory half-received messages share, fairly.
 //! * [`server`]: the engine behind a blocking handle Python drives.
 //! * `connection`: one client's session: buffers, timeouts, replies.
+//! * `answer`: the whole messages of a batch, echoed or handed to the handler.
 //! * `conversation`: its handler's view of it, its outbox, a session's hooks.
 //! * `transport`: a connection's byte stream, plain or TLS.
 //! * `eviction`: who is closed when room runs out: the least progress first.
@@ -13,6 +14,7 @@
 //! * [`proxy`]: the PROXY protocol header a load balancer puts first.
 
 mod admission;
+mod answer;
 mod budget;
 pub mod config;
 pub(crate) mod connection;
