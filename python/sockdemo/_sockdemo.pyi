@@ -332,7 +332,8 @@ def _shutdown_all() -> None:
 @final
 class LoopHandler:
     """A handler run on an asyncio loop: pass it as a Server's ``handler``,
-    watch :meth:`fileno` for reading and call :meth:`run` when readable."""
+    watch :meth:`fileno` for reading and call :meth:`run` when readable (or,
+    for a loop that cannot watch it, :meth:`watch`)."""
 
     def __new__(
         cls,
@@ -341,7 +342,12 @@ class LoopHandler:
         finished: Callable[[], object],
         session: bool = False,
     ) -> LoopHandler: ...
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """The descriptor to watch for reading; -1 where there is none (Windows)."""
+    def watch(self, ask: Callable[[], object]) -> None:
+        """A thread of ours watches instead, calling ``ask()`` whenever
+        :meth:`run` is due; it stops once ``ask`` raises or the server has
+        finished."""
     def run(self) -> None:
         """Answers every message queued; calls ``finished()`` once the server has."""
 

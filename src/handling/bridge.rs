@@ -100,8 +100,9 @@ impl LoopBridge {
     /// The descriptor the loop watches for reading: readable when there are
     /// jobs to take, sockets to serve, or the server has finished. When it
     /// is, the loop calls [`LoopBridge::woken`], then turns the reactor and
-    /// [`LoopBridge::take`]s until neither has anything.
-    pub fn fd(&self) -> RawDescriptor {
+    /// [`LoopBridge::take`]s until neither has anything. None on Windows,
+    /// where a thread watches instead ([`Reactor::watch_on_thread`]).
+    pub fn fd(&self) -> Option<RawDescriptor> {
         self.reactor.fd()
     }
 
@@ -182,11 +183,14 @@ impl LoopBridge {
     /// The server has finished: no job will come any more, and no
     /// connection is left to serve. Wakes the loop.
     pub(crate) fn finish(&self) {
-        self.reactor.close();
+        // Finished before closed: a watching thread that sees the reactor
+        // closed asks the loop for one last call, which must find the
+        // server finished.
         let mut state = self.lock();
         state.finished = true;
         state.signalled = true;
         drop(state);
+        self.reactor.close();
         self.wake();
     }
 

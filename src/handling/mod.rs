@@ -6,6 +6,7 @@
 //! * `lanes`: the pool's fast path, a quick call on the network thread.
 //! * [`bridge`]: jobs for an event loop in another thread.
 //! * [`reactor`]: an event loop's connections, served on its own thread.
+//! * `watcher`: a thread that watches the reactor for a loop that cannot.
 //! * [`job`]: the messages handed over, and the rules of their replies.
 //! * [`conn`]: a connection as a handler sees it: its client, pushes, state.
 //! * `outbox`: a connection's replies, on their way into its socket.
@@ -19,6 +20,7 @@ pub(crate) mod outbox;
 pub mod pool;
 pub mod reactor;
 pub mod runner;
+mod watcher;
 
 pub use bridge::LoopBridge;
 pub use conn::Conn;

@@ -30,7 +30,6 @@ use crate::socket::{RawDescriptor, Socket, duplicate};
 /// The bell's place among the sockets' tokens (which are slab keys).
 const BELL: Token = Token(usize::MAX);
 /// Ready sockets collected per system call.
-#[cfg_attr(not(unix), allow(dead_code))]
 const EVENTS: usize = 256;
 /// Tasks one turn runs before it lets the loop do its other work (the rest
 /// ring the bell, so the loop comes straight back).
@@ -55,12 +54,27 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 ///
 /// Timers are tokio's: a turn runs inside the server's runtime, whose timer
 /// thread wakes a task like any other thread would.
+///
+/// A loop that cannot watch a descriptor (Windows' Proactor loop has no
+/// `add_reader`, and Windows' completion ports are no descriptor anyway) has
+/// a thread of ours watch for it instead (see `watcher`): the thread waits
+/// for the sockets and the bell, and asks the loop for a turn.
 pub struct Reactor {
     poll: Mutex<(mio::Poll, Events)>,
+    /// The epoll (or kqueue) instance's descriptor, for the loop to watch;
+    /// none on Windows.
+    fd: Option<RawDescriptor>,
     registry: mio::Registry,
     bell: mio::Waker,
     /// The bell has rung since the last turn began: ringing again adds nothing.
     rung: AtomicBool,
+    /// Watched by a thread of ours, which collects the readiness: a turn
+    /// only runs the tasks.
+    pub(super) watched: AtomicBool,
+    /// The watching thread has asked the loop for a turn that has not begun.
+    pub(super) asked: AtomicBool,
+    /// The watching thread is to stop.
+    pub(super) unwatched: AtomicBool,
     /// Readiness per registered socket, by token.
     sources: Mutex<Slab<Arc<Source>>>,
     /// Tasks woken and not yet run, in order.
@@ -83,7 +97,7 @@ pub struct Reactor {
 
 impl std::fmt::Debug for Reactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reactor").field("fd", &self.fd()).finish()
+        f.debug_struct("Reactor").field("fd", &self.fd).finish()
     }
 }
 
@@ -103,29 +117,22 @@ impl Reactor {
     /// When the epoll instance or the bell cannot be made (out of
     /// descriptors, say).
     pub fn new() -> io::Result<Arc<Self>> {
-        // The loop must be able to watch the reactor like a socket: Unix's
-        // epoll and kqueue are descriptors, Windows' completion ports are
-        // not (and its Proactor loop watches no descriptor at all).
-        #[cfg(not(unix))]
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "serving connections on an event loop needs Unix (a descriptor the loop can \
-             watch); on this system use sockdemo.Server, whose handlers run on threads",
-        ));
-        #[cfg(unix)]
-        Self::on_unix()
-    }
-
-    #[cfg(unix)]
-    fn on_unix() -> io::Result<Arc<Self>> {
         let poll = mio::Poll::new()?;
+        #[cfg(unix)]
+        let fd = Some(std::os::fd::AsRawFd::as_raw_fd(&poll));
+        #[cfg(not(unix))]
+        let fd = None;
         let registry = poll.registry().try_clone()?;
         let bell = mio::Waker::new(&registry, BELL)?;
         Ok(Arc::new(Reactor {
             poll: Mutex::new((poll, Events::with_capacity(EVENTS))),
+            fd,
             registry,
             bell,
             rung: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
+            asked: AtomicBool::new(false),
+            unwatched: AtomicBool::new(false),
             sources: Mutex::default(),
             queue: Mutex::default(),
             tasks: Mutex::default(),
@@ -139,13 +146,10 @@ impl Reactor {
     }
 
     /// The descriptor the loop watches for reading; when it is readable,
-    /// the loop calls [`Reactor::turn`].
-    pub fn fd(&self) -> RawDescriptor {
-        #[cfg(unix)]
-        return std::os::fd::AsRawFd::as_raw_fd(&lock(&self.poll).0);
-        // No reactor is made elsewhere (see `new`).
-        #[cfg(not(unix))]
-        return RawDescriptor::MAX;
+    /// the loop calls [`Reactor::turn`]. None on Windows: there a thread
+    /// watches instead (see `watcher`).
+    pub fn fd(&self) -> Option<RawDescriptor> {
+        self.fd
     }
 
     /// Wakes the loop, unless it has been woken since its last turn began,
@@ -208,7 +212,13 @@ impl Reactor {
         self.turns.fetch_add(1, Ordering::Relaxed);
         // Set first: the tasks that ready sockets wake are run in this turn.
         let turning = Turning::enter(self);
-        self.collect();
+        if self.watched.load(Ordering::Acquire) {
+            // The watching thread collects; what it wakes from now on needs
+            // another turn, so it asks again.
+            self.asked.store(false, Ordering::Release);
+        } else {
+            self.collect(Some(Duration::ZERO));
+        }
         // Cleared once the bell's ring has been collected, not before: a
         // ring in between would have its bell taken by the collect while
         // `rung` said it was still pending, and a wake later in this turn,
@@ -252,13 +262,14 @@ impl Reactor {
         ran > 0
     }
 
-    /// Takes the readiness epoll has for us and wakes the tasks waiting on it.
-    fn collect(&self) {
+    /// Takes the readiness epoll has for us, waiting up to `wait` for some
+    /// (`None`: until there is), and wakes the tasks waiting on it.
+    pub(super) fn collect(&self, wait: Option<Duration>) {
         let mut poll = lock(&self.poll);
         let (poll, events) = &mut *poll;
         // Interrupted or failed, it collects nothing this time; the
         // descriptor stays readable and the loop comes back.
-        if poll.poll(events, Some(Duration::ZERO)).is_err() {
+        if poll.poll(events, wait).is_err() {
             return;
         }
         if events.is_empty() {
@@ -295,6 +306,26 @@ impl Reactor {
         }
     }
 
+    /// The watching thread's wait (see `watcher`): collects once something
+    /// is ready or the bell rings. The tasks it wakes are queued for the
+    /// loop's turn, which the watcher asks for next, so they ring no bell.
+    pub(super) fn collect_waiting(&self) {
+        let _turning = Turning::enter(self);
+        self.collect(None);
+    }
+
+    /// Ends the watching thread's wait.
+    pub(super) fn wake_watcher(&self) {
+        // As in `ring`: a failure means the bell is readable already.
+        let _ = self.bell.wake();
+    }
+
+    /// Tests only: `hook` runs right after each turn's last look at the queue.
+    #[cfg(test)]
+    pub(super) fn after_last_look(&self, hook: impl FnMut() + Send + 'static) {
+        *lock(&self.after_last_look) = Some(Box::new(hook));
+    }
+
     /// The runtime the tasks run in, once one has been spawned.
     pub(crate) fn runtime(&self) -> Option<Handle> {
         lock(&self.runtime).clone()
@@ -323,6 +354,11 @@ impl Reactor {
         drop(tasks);
         let queued = std::mem::take(&mut *lock(&self.queue));
         drop(queued);
+    }
+
+    /// Has [`Reactor::close`] been called (and no [`Reactor::reopen`] since)?
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.closed.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs tasks again after [`Reactor::close`].
@@ -598,12 +634,15 @@ pub(crate) mod testing {
     use mio::{Events, Interest, Poll, Token};
 
     /// Is `fd` readable now? (What a loop watching it would see.)
-    pub fn readable(fd: RawFd) -> bool {
+    pub fn readable(fd: Option<RawFd>) -> bool {
         readable_within(fd, Duration::ZERO)
     }
 
     /// Does `fd` become readable within `limit`?
-    pub fn readable_within(fd: RawFd, limit: Duration) -> bool {
+    pub fn readable_within(fd: Option<RawFd>, limit: Duration) -> bool {
+        let Some(fd) = fd else {
+            return false;
+        };
         let check = || -> std::io::Result<bool> {
             let mut poll = Poll::new()?;
             poll.registry()

@@ -4,7 +4,9 @@
 //! `sockdemo.aio` watches [`LoopHandler::fileno`] with `loop.add_reader` and
 //! calls [`LoopHandler::run`] whenever it is readable; every job queued since
 //! the last call is answered in that one call (see `handling::bridge`), and
-//! the connections themselves are served on the loop's thread too.
+//! the connections themselves are served on the loop's thread too. A loop
+//! with no `add_reader` (Windows' Proactor loop) has a thread of ours watch
+//! instead ([`LoopHandler::watch`]), which asks the loop for each call.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -113,9 +115,26 @@ impl LoopHandler {
         })
     }
 
-    /// The descriptor to watch for reading.
+    /// The descriptor to watch for reading; -1 where there is none (on
+    /// Windows): then [`LoopHandler::watch`].
     fn fileno(&self) -> i64 {
-        descriptor(self.bridge.fd())
+        self.bridge.fd().map_or(-1, descriptor)
+    }
+
+    /// For a loop that cannot watch [`LoopHandler::fileno`]: a thread of
+    /// ours watches, and calls `ask()` (with the GIL) whenever the loop
+    /// should call `run`; `ask` is `loop.call_soon_threadsafe` bound to
+    /// `run`, say. Once `ask` raises (the loop is closed) or the server has
+    /// finished, the thread stops.
+    fn watch(&self, py: Python<'_>, ask: Py<PyAny>) -> PyResult<()> {
+        let ask_for_turn = move || {
+            // An interpreter shutting down asks nothing any more.
+            Python::try_attach(|py| ask.call0(py).is_ok()).unwrap_or(false)
+        };
+        self.bridge
+            .reactor()
+            .watch_on_thread(ask_for_turn)
+            .map_err(|e| super::errors::to_py(py, e.into(), None))
     }
 
     /// Serves what is ready: the connections' sockets and the tasks they
@@ -144,10 +163,12 @@ impl LoopHandler {
                 break;
             }
         }
-        if this.bridge.is_finished()
-            && let Some(finished) = this.finished.get(slf.py())
-        {
-            finished.call0()?;
+        if this.bridge.is_finished() {
+            // Nothing more to watch for.
+            reactor.unwatch();
+            if let Some(finished) = this.finished.get(slf.py()) {
+                finished.call0()?;
+            }
         }
         Ok(())
     }
@@ -162,6 +183,13 @@ impl LoopHandler {
         self.handler.clear();
         self.follow.clear();
         self.finished.clear();
+    }
+}
+
+impl Drop for LoopHandler {
+    fn drop(&mut self) {
+        // A watching thread holds the reactor, not this: it must be told.
+        self.bridge.reactor().unwatch();
     }
 }
 

@@ -8,11 +8,16 @@ messages, and writes the replies. No request crosses a thread. (The echo,
 with no handler, is served on Rust threads.) A coroutine handler is started
 at once: one that finishes without suspending is answered there and then,
 with no Task made; one that suspends finishes in a Task.
+
+A loop with no ``add_reader`` (Windows' Proactor loop) is served the same
+way, but a thread of sockdemo's watches the sockets and asks the loop for
+each call (see :func:`_watch`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import sys
 import threading
@@ -101,8 +106,9 @@ class Server:
         self._closing = False
         self._closed: asyncio.Future[None] = loop.create_future()
         self._serving_forever: asyncio.Future[None] | None = None
+        self._unwatch: Callable[[], None] | None = None
         if self._bridge is not None:
-            loop.add_reader(self._bridge.fileno(), self._bridge.run)
+            self._unwatch = _watch(loop, self._bridge)
         self._core.start()
 
     @property
@@ -189,8 +195,8 @@ class Server:
 
     def _finish(self) -> None:
         """The server has finished serving: so does this side."""
-        assert self._bridge is not None
-        self._loop.remove_reader(self._bridge.fileno())
+        assert self._unwatch is not None
+        self._unwatch()
         self._closing = True
         # Past the grace period: the connections these would answer are gone.
         for task in self._tasks:
@@ -209,6 +215,32 @@ class Server:
             return
         if not self._closed.done():
             self._closed.set_result(None)
+
+
+def _watch(loop: asyncio.AbstractEventLoop, bridge: LoopHandler) -> Callable[[], None]:
+    """Has ``loop`` call ``bridge.run`` whenever there is work; returns what
+    stops it.
+
+    The loop watches the bridge's descriptor itself where it can. Windows'
+    Proactor loop cannot (it has no ``add_reader``, and there is no
+    descriptor there anyway): a thread of the bridge's own watches instead
+    and asks the loop for each call, at the cost of a thread hop per call.
+    """
+    fd = bridge.fileno()
+    if fd >= 0:
+        try:
+            loop.add_reader(fd, bridge.run)
+        except NotImplementedError:
+            pass
+        else:
+            return functools.partial(_stop_reading, loop, fd)
+    bridge.watch(functools.partial(loop.call_soon_threadsafe, bridge.run))
+    # The thread stops by itself once the server has finished.
+    return lambda: None
+
+
+def _stop_reading(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    loop.remove_reader(fd)
 
 
 class _Interrupt:

@@ -354,14 +354,14 @@ fn a_wake_right_after_the_last_look_rings_the_bell() -> TestResult {
     assert!(readable(reactor.fd()));
     let w = wanted.clone();
     let mut armed = true;
-    *lock(&reactor.after_last_look) = Some(Box::new(move || {
+    reactor.after_last_look(move || {
         // Once the task has seen the first wake and waits again.
         if armed && w.seen.load(Ordering::SeqCst) == 1 {
             armed = false;
             let w = w.clone();
             let _ = thread::spawn(move || w.ask()).join();
         }
-    }));
+    });
     assert!(reactor.turn());
     assert!(
         !lock(&reactor.queue).is_empty(),
