@@ -657,3 +657,6 @@ pub(crate) mod testing {
 
 #[cfg(all(test, unix))]
 mod tests;
+
+#[cfg(all(test, unix))]
+mod stream_tests;
