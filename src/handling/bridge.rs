@@ -88,7 +88,7 @@ impl LoopBridge {
     }
 
     /// The loop's reactor, which serves the server's connections.
-    pub(crate) fn reactor(&self) -> &Arc<Reactor> {
+    pub fn reactor(&self) -> &Arc<Reactor> {
         &self.reactor
     }
 
