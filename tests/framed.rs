@@ -368,3 +368,62 @@ fn half_sent_frames_beyond_the_budget_are_all_answered() {
         assert_eq!(read_frame(peer), [PREFIX, &payload[..]].concat());
     }
 }
+
+/// Handshakes the server cuts short (to make room, or for its shutdown)
+/// are neither errors nor TLS failures.
+#[test]
+fn handshakes_the_server_cuts_short_are_not_failures() {
+    let tls = tls();
+    let server = start(Config {
+        tls: Some(tls.server.clone()),
+        max_clients: 1,
+        max_handshakes: 1,
+        ..framed()
+    });
+    let mut first = server.connect();
+    wait_until(|| server.0.stats().connections_opening == 1);
+    let mut second = server.connect();
+    assert!(read_until_closed(&mut first).is_empty());
+    wait_until(|| {
+        server
+            .0
+            .metrics()
+            .contains("sockdemo_connections_closed_total{reason=\"evicted\"} 1")
+    });
+    wait_until(|| server.0.stats().connections_opening == 1);
+    server.0.shutdown();
+    assert!(read_until_closed(&mut second).is_empty());
+    let metrics = server.0.metrics();
+    assert!(
+        metrics.contains("sockdemo_connections_closed_total{reason=\"shutdown\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(server.0.stats().errors, 0, "{metrics}");
+    assert!(!metrics.contains("kind=\"tls\"} 1"), "{metrics}");
+}
+
+/// With no prefix, a frame's echo is the frame itself, but the size limit
+/// still holds: a frame declared too large is refused, not passed back.
+#[test]
+fn an_oversized_frame_is_refused_with_no_prefix_too() {
+    let server = start(Config {
+        reply_prefix: Vec::new(),
+        max_message_size: 1000,
+        ..framed()
+    });
+    let mut sock = server.connect();
+    send(&mut sock, &frame(b"fits"));
+    assert_eq!(read_frame(&mut sock), b"fits");
+    send(&mut sock, &[0, 0, 0x10, 0]);
+    assert_eq!(
+        read_frame(&mut sock),
+        b"Error: message of 4096 bytes exceeds the limit of 1000 bytes"
+    );
+    assert!(read_until_closed(&mut sock).is_empty());
+    wait_until(|| {
+        server
+            .0
+            .metrics()
+            .contains("sockdemo_errors_total{kind=\"too_large\"} 1")
+    });
+}

@@ -265,3 +265,21 @@ fn dropping_a_server_mid_call_does_not_wait_for_the_call() {
         "dropping the server waited for the handler"
     );
 }
+
+/// A `bye` behind a message whose handler is slow goes out after that
+/// message's reply, never before it.
+#[test]
+fn a_bye_behind_a_slow_reply_waits_for_it() {
+    let server = start_with(
+        Config {
+            protocol: Protocol::Framed,
+            ..Config::default()
+        },
+        Some(upper()),
+    );
+    let mut sock = server.connect();
+    send(&mut sock, &[frame(b"slow"), frame(b"bye")].concat());
+    assert_eq!(read_frame(&mut sock), b"SLOW");
+    assert_eq!(read_frame(&mut sock), BYE);
+    assert!(read_until_closed(&mut sock).is_empty());
+}

@@ -340,3 +340,63 @@ fn with_no_prefix_a_burst_comes_back_as_sent_and_bye_still_ends_it() {
     send(&mut sock, &last);
     assert_eq!(read_until_closed(&mut sock), [&last[..2048], BYE].concat());
 }
+
+/// Connections still waiting for their PROXY header are closed as what
+/// closed them (room made, or the shutdown), not counted as their failure.
+#[test]
+fn opening_connections_closed_by_the_server_are_not_errors() {
+    let server = start(Config {
+        proxy: Some(ProxyPolicy::new(vec!["127.0.0.0/8".parse().unwrap()])),
+        max_clients: 1,
+        max_handshakes: 1,
+        ..Config::default()
+    });
+    let mut first = server.connect();
+    wait_until(|| server.0.stats().connections_opening == 1);
+    // No place left: the first, with no more progress than the second, goes.
+    let mut second = server.connect();
+    assert!(read_until_closed(&mut first).is_empty());
+    wait_until(|| {
+        server
+            .0
+            .metrics()
+            .contains("sockdemo_connections_closed_total{reason=\"evicted\"} 1")
+    });
+    wait_until(|| server.0.stats().connections_opening == 1);
+    server.0.shutdown();
+    assert!(read_until_closed(&mut second).is_empty());
+    let metrics = server.0.metrics();
+    assert!(
+        metrics.contains("sockdemo_connections_closed_total{reason=\"shutdown\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(server.0.stats().errors, 0, "{metrics}");
+}
+
+/// The message limit holds when the replies are the bytes read (no prefix):
+/// what comes past it is not echoed.
+#[test]
+fn a_message_limit_holds_when_the_reply_is_the_input() {
+    let config = Config {
+        reply_prefix: Vec::new(),
+        ..Config::default()
+    };
+    let server = Server::bind("127.0.0.1", 0, config, None).unwrap();
+    server
+        .start(Mode::Once {
+            max_messages: Some(2),
+        })
+        .unwrap();
+    let mut sock = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    // At most 1024 bytes a message: three messages or more, however read.
+    sock.write_all(&[b'm'; 3000]).unwrap();
+    let reply = read_to_close(&mut sock);
+    assert!(
+        !reply.is_empty() && reply.len() <= 2048,
+        "{} bytes",
+        reply.len()
+    );
+    assert!(server.wait(std::time::Duration::from_secs(30)).is_some());
+}
