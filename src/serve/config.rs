@@ -135,3 +135,58 @@ pub enum Mode {
     /// set. This is the original `server.py`.
     Once { max_messages: Option<u64> },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default PROTOCOL.md's limits table gives for `setting`, as
+    /// written there ("64 MiB", "10 s", "1024 (at least ...)").
+    fn documented(setting: &str) -> Option<String> {
+        let table = include_str!("../../PROTOCOL.md");
+        let row = format!("| `{setting}` | ");
+        let line = table.lines().find(|line| line.starts_with(&row))?;
+        let default = line[row.len()..].split(" |").next()?;
+        Some(default.split(" (").next()?.to_owned())
+    }
+
+    fn size(bytes: usize) -> String {
+        match bytes {
+            b if b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+            b => b.to_string(),
+        }
+    }
+
+    fn seconds(duration: Option<Duration>) -> String {
+        duration.map_or("none".into(), |d| format!("{} s", d.as_secs()))
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let config = Config::default();
+        let expected = [
+            ("max_clients", config.max_clients.to_string()),
+            ("max_handshakes", config.max_handshakes.to_string()),
+            ("evict_idle_after", seconds(config.evict_idle_after)),
+            ("handshake_timeout", seconds(config.handshake_timeout)),
+            ("buffer_size", config.buffer_size.to_string()),
+            ("max_message_size", size(config.max_message_size)),
+            ("max_buffered_bytes", size(config.max_buffered_bytes)),
+            ("idle_timeout", seconds(config.idle_timeout)),
+            ("message_timeout", seconds(config.message_timeout)),
+            ("write_timeout", seconds(config.write_timeout)),
+            ("shutdown_timeout", seconds(Some(config.shutdown_timeout))),
+            ("max_pending_bytes", size(config.max_pending_bytes)),
+        ];
+        for (setting, value) in expected {
+            assert_eq!(documented(setting), Some(value), "{setting}");
+        }
+    }
+
+    #[test]
+    fn handler_threads_default_as_pythons_thread_pool() {
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default_handler_threads(), (cpus + 4).min(32));
+        assert!(default_handler_threads() >= 5);
+    }
+}
