@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import machine  # tests/bench/machine.py, beside this script
+
 import sockdemo
 
 HERE = Path(__file__).resolve().parent
@@ -443,7 +445,7 @@ def markdown(
     lines = [
         "# sockdemo benchmark",
         "",
-        f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; {args.rounds} rounds of "
+        f"{machine.describe()}; {args.rounds} rounds of "
         f"{args.duration:g} s per server and workload, servers alternating; medians with "
         "their spread (min-max over rounds), and ratios paired round by round. "
         "Load from `sockdemo.bench` (closed loop, every reply checked) on the same machine"

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import machine  # tests/bench/machine.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RELEASE = ROOT / "target" / "release" / "examples"
@@ -90,7 +92,7 @@ def main() -> int:
     uvloop, tokio = medians["uvloop relay"], medians["tokio relay"]
     print(
         f"\nFan-out: 1 speaker, {args.listeners} listeners, {args.messages:,} framed "
-        f"{args.size} B messages, {args.rounds} rounds (median)\n"
+        f"{args.size} B messages, {args.rounds} rounds (median); {machine.describe()}\n"
     )
     print("| relay | deliveries/s (median) | spread | vs uvloop relay | vs tokio relay |")
     print("|---|---:|---:|---:|---:|")
