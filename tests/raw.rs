@@ -400,3 +400,43 @@ fn a_message_limit_holds_when_the_reply_is_the_input() {
     );
     assert!(server.wait(std::time::Duration::from_secs(30)).is_some());
 }
+
+/// A PROXY header that comes a while after the connection is still read:
+/// the handshake timeout counts from the connection, forward.
+#[test]
+fn a_proxy_header_that_comes_late_is_still_read() {
+    let server = start(Config {
+        proxy: Some(ProxyPolicy::new(vec!["127.0.0.0/8".parse().unwrap()])),
+        ..Config::default()
+    });
+    let mut sock = server.connect();
+    // The server is waiting for the header before it comes.
+    wait_until(|| server.0.stats().connections_opening == 1);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    send(
+        &mut sock,
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 65432\r\nlate",
+    );
+    assert_eq!(
+        read_exactly(&mut sock, PREFIX.len() + 4),
+        [PREFIX, b"late"].concat()
+    );
+}
+
+/// Limits too large for the server to hold are refused when it is made.
+#[test]
+fn limits_too_large_are_refused_not_a_crash() {
+    for config in [
+        Config {
+            max_handshakes: usize::MAX,
+            ..Config::default()
+        },
+        Config {
+            max_clients: usize::MAX,
+            ..Config::default()
+        },
+    ] {
+        let refused = Server::bind("127.0.0.1", 0, config, None).err().unwrap();
+        assert!(refused.to_string().contains("too large"), "{refused}");
+    }
+}

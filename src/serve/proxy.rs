@@ -250,4 +250,73 @@ mod tests {
         assert!(client_address(b"PROXY TCP4 nonsense\r\n").is_err());
         Ok(())
     }
+
+    /// `read_header` over `bytes` followed by `after`, from `peer`.
+    fn read(bytes: &[u8], peer: &str) -> Result<(SocketAddr, Vec<u8>)> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        let mut stream: &[u8] = bytes;
+        let peer = peer.parse().map_err(|_| Error::invalid("a test address"))?;
+        let client = runtime.block_on(read_header(&mut stream, peer, &ProxyPolicy::default()))?;
+        Ok((client, stream.to_vec()))
+    }
+
+    fn v2_ipv4(payload_extra: &[u8]) -> Vec<u8> {
+        let mut v2 = V2_SIGNATURE.to_vec();
+        // PROXY command, TCP over IPv4: 12 bytes of addresses, then extras.
+        let length = u16::try_from(12 + payload_extra.len()).unwrap_or(u16::MAX);
+        v2.extend_from_slice(&[0x21, 0x11]);
+        v2.extend_from_slice(&length.to_be_bytes());
+        v2.extend_from_slice(&[203, 0, 113, 7, 127, 0, 0, 1, 0xc8, 0x22, 0xff, 0x98]);
+        v2.extend_from_slice(payload_extra);
+        v2
+    }
+
+    #[test]
+    fn a_header_is_read_whole_and_nothing_past_it() -> TestResult {
+        let v1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 51234 65432\r\nhello";
+        let (client, rest) = read(v1, "127.0.0.1:40000")?;
+        assert_eq!(client, "203.0.113.7:51234".parse()?);
+        assert_eq!(rest, b"hello");
+        // A v2 header with extensions (TLVs) after the addresses.
+        let mut v2 = v2_ipv4(&[0x04, 0x00, 0x02, 0xab, 0xcd]);
+        v2.extend_from_slice(b"hello");
+        let (client, rest) = read(&v2, "127.0.0.1:40000")?;
+        assert_eq!(client, "203.0.113.7:51234".parse()?);
+        assert_eq!(rest, b"hello");
+        // A health check names nobody: the peer is the client.
+        let (client, _) = read(b"PROXY UNKNOWN\r\n", "127.0.0.1:40000")?;
+        assert_eq!(client, "127.0.0.1:40000".parse()?);
+        Ok(())
+    }
+
+    fn refusal(bytes: &[u8], peer: &str) -> String {
+        match read(bytes, peer) {
+            Err(Error::Proxy(why)) => why,
+            other => format!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_is_refused_says_why() -> TestResult {
+        let v1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 51234 65432\r\n";
+        let why = refusal(v1, "192.0.2.9:40000");
+        assert!(why.contains("only accepted from 127.0.0.0/8,::1/128, not from 192.0.2.9"), "{why}");
+        assert!(refusal(b"GET / HTTP/1.0\r\n\r\n", "127.0.0.1:1").contains("no PROXY header"));
+        assert!(refusal(&v1[..20], "127.0.0.1:1").contains("ended inside"));
+        assert!(refusal(&v2_ipv4(&[])[..20], "127.0.0.1:1").contains("ended inside"));
+        // A v1 line of exactly the longest length is read; one byte more is not.
+        let mut longest = b"PROXY UNKNOWN ".to_vec();
+        longest.resize(V1_MAX - 2, b'x');
+        longest.extend_from_slice(b"\r\n");
+        assert!(read(&longest, "127.0.0.1:1").is_ok());
+        let mut longer = longest[..V1_MAX - 2].to_vec();
+        longer.extend_from_slice(b"x\r\n");
+        assert!(refusal(&longer, "127.0.0.1:1").contains("longer than"));
+        // A v2 payload of the largest size accepted is read; larger is not.
+        let most = v2_ipv4(&vec![0; V2_MAX_PAYLOAD - 12]);
+        assert!(!refusal(&most, "127.0.0.1:1").contains("announcing"));
+        let too_much = v2_ipv4(&vec![0; V2_MAX_PAYLOAD - 11]);
+        assert!(refusal(&too_much, "127.0.0.1:1").contains("announcing 4097 bytes"));
+        Ok(())
+    }
 }
