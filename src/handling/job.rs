@@ -346,6 +346,14 @@ pub(crate) mod testing {
         pub fn take(&self) -> crate::handling::outbox::Delivered {
             self.outbox.take()
         }
+
+        /// Has the connection been closed (nothing pushed goes out)?
+        pub fn is_closed(&self) -> bool {
+            matches!(
+                self.outbox.push(b"", false),
+                crate::handling::outbox::Pushed::Gone
+            )
+        }
     }
 
     /// Waits for the job to be settled.

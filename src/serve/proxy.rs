@@ -300,7 +300,10 @@ mod tests {
     fn what_is_refused_says_why() -> TestResult {
         let v1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 51234 65432\r\n";
         let why = refusal(v1, "192.0.2.9:40000");
-        assert!(why.contains("only accepted from 127.0.0.0/8,::1/128, not from 192.0.2.9"), "{why}");
+        assert!(
+            why.contains("only accepted from 127.0.0.0/8,::1/128, not from 192.0.2.9"),
+            "{why}"
+        );
         assert!(refusal(b"GET / HTTP/1.0\r\n\r\n", "127.0.0.1:1").contains("no PROXY header"));
         assert!(refusal(&v1[..20], "127.0.0.1:1").contains("ended inside"));
         assert!(refusal(&v2_ipv4(&[])[..20], "127.0.0.1:1").contains("ended inside"));

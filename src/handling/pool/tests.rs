@@ -313,3 +313,31 @@ fn a_held_call_on_a_lane_sends_later_jobs_to_handler_threads() -> crate::Result<
     assert_eq!(wait(holder)?.out, b"held");
     Ok(())
 }
+
+#[test]
+fn a_call_held_on_a_lane_is_counted_and_can_be_cut_off() -> crate::Result<()> {
+    let held = Arc::new(Held::default());
+    let d = Arc::new(with_lanes(held.clone(), 4));
+    assert_eq!(d.calls_here(), 0);
+    let holder = {
+        let d = d.clone();
+        thread::Builder::new()
+            .name("network-1".into())
+            .spawn(move || job(&d, &[b"hold"]))?
+    };
+    held.wait_entered();
+    // The network thread inside the call counts as a busy handler thread.
+    assert_eq!(d.calls_here(), 1);
+    let load = d.load();
+    assert_eq!((load.threads, load.busy, load.queued), (1, 1, 0));
+    // A shutdown past its grace period cuts the connection off: its client
+    // is named, and nothing goes out on it any more.
+    assert_eq!(d.cut_calls_here(), vec![([127, 0, 0, 1], 5555).into()]);
+    held.release();
+    let holder = holder
+        .join()
+        .map_err(|_| std::io::Error::other("holder panicked"))?;
+    assert!(holder.is_closed());
+    assert_eq!(d.calls_here(), 0);
+    Ok(())
+}
