@@ -227,3 +227,57 @@ fn a_reopened_reactor_runs_its_tasks_again() -> TestResult {
     assert!(reactor.runtime().is_some(), "the tasks' runtime is kept");
     Ok(())
 }
+
+/// Counts the wakes of the task it stands for.
+#[derive(Default)]
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Wakes {
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn readiness_wakes_the_task_waiting_for_it_and_no_other() -> TestResult {
+    let reactor = Reactor::new()?;
+    let (mut client, mut stream) = pair(&reactor)?;
+    let (reader, writer) = (Arc::new(Wakes::default()), Arc::new(Wakes::default()));
+    let reader_waker = Waker::from(reader.clone());
+    let writer_waker = Waker::from(writer.clone());
+    // A writer waits: the client reads nothing, and the socket fills.
+    let chunk = vec![7u8; 64 * 1024];
+    let mut sent = 0;
+    let mut cx = Context::from_waker(&writer_waker);
+    while let Poll::Ready(n) = Pin::new(&mut stream).poll_write(&mut cx, &chunk) {
+        sent += n?;
+    }
+    // A reader waits: nothing has come.
+    let mut buf = [0u8; 8];
+    assert!(would_block(stream.try_read(&mut buf)));
+    let mut cx = Context::from_waker(&reader_waker);
+    assert!(pin!(stream.readable()).poll(&mut cx).is_pending());
+    // Bytes come: the reader is woken, the writer is not.
+    client.write_all(b"x")?;
+    assert!(turn_until(&reactor, || reader.count() > 0));
+    assert_eq!((reader.count(), writer.count()), (1, 0));
+    // The reader takes them and waits again.
+    assert_eq!(stream.try_read(&mut buf)?, 1);
+    assert!(would_block(stream.try_read(&mut buf)));
+    assert!(pin!(stream.readable()).poll(&mut cx).is_pending());
+    // The client reads everything: room for the writer, nothing to read.
+    let draining = std::thread::spawn(move || -> io::Result<()> {
+        let mut all = vec![0u8; sent];
+        client.read_exact(&mut all)
+    });
+    assert!(turn_until(&reactor, || writer.count() > 0));
+    draining.join().map_err(|_| "the client panicked")??;
+    assert_eq!((reader.count(), writer.count()), (1, 1));
+    Ok(())
+}
