@@ -150,20 +150,25 @@ fn bye_waits_for_the_replies_before_it() {
 /// replies.
 #[test]
 fn a_refusal_waits_for_the_replies_before_it() {
-    let config = Config {
-        protocol: Protocol::Framed,
-        max_message_size: 100,
-        ..Config::default()
-    };
-    let server = start_with(config, Some(upper()));
-    let mut sock = server.connect();
-    send(
-        &mut sock,
-        &[&frame(b"slow")[..], &1000u32.to_be_bytes()].concat(),
-    );
-    assert_eq!(read_frame(&mut sock), b"SLOW");
-    assert!(read_frame(&mut sock).starts_with(b"Error: message of 1000 bytes"));
-    assert!(read_until_closed(&mut sock).is_empty());
+    // Answered on the network thread that read it, or (one handler thread,
+    // so no call there) on a handler thread while the refusal is read.
+    for handler_threads in [Config::default().handler_threads, 1] {
+        let config = Config {
+            protocol: Protocol::Framed,
+            max_message_size: 100,
+            handler_threads,
+            ..Config::default()
+        };
+        let server = start_with(config, Some(upper()));
+        let mut sock = server.connect();
+        send(
+            &mut sock,
+            &[&frame(b"slow")[..], &1000u32.to_be_bytes()].concat(),
+        );
+        assert_eq!(read_frame(&mut sock), b"SLOW");
+        assert!(read_frame(&mut sock).starts_with(b"Error: message of 1000 bytes"));
+        assert!(read_until_closed(&mut sock).is_empty());
+    }
 }
 
 /// A failing handler closes its own connection, after the replies owed
@@ -273,6 +278,9 @@ fn a_bye_behind_a_slow_reply_waits_for_it() {
     let server = start_with(
         Config {
             protocol: Protocol::Framed,
+            // One handler thread: no call on a network thread, so the reply
+            // is still owed when the bye is read.
+            handler_threads: 1,
             ..Config::default()
         },
         Some(upper()),
@@ -282,4 +290,56 @@ fn a_bye_behind_a_slow_reply_waits_for_it() {
     assert_eq!(read_frame(&mut sock), b"SLOW");
     assert_eq!(read_frame(&mut sock), BYE);
     assert!(read_until_closed(&mut sock).is_empty());
+}
+
+/// The counters show a call under way on a handler thread.
+#[test]
+fn the_counters_show_a_call_at_work() {
+    let server = start_with(
+        Config {
+            handler_threads: 1,
+            ..Config::default()
+        },
+        Some(upper()),
+    );
+    let mut sock = server.connect();
+    send(&mut sock, b"slow");
+    wait_until(|| server.0.stats().handler.busy == 1);
+    assert_eq!(server.0.stats().handler.threads, 1);
+    assert_eq!(read_exactly(&mut sock, 4), b"SLOW");
+}
+
+/// Closes its connection after answering "last".
+struct Closer;
+
+impl Handler for Closer {
+    fn reply(
+        &self,
+        conn: &sockdemo::handling::Conn,
+        message: &[u8],
+    ) -> Result<Option<Vec<u8>>, String> {
+        if message == b"last" {
+            conn.close();
+        }
+        Ok(Some(message.to_ascii_uppercase()))
+    }
+}
+
+/// A handler that closes its connection: the reply goes out, then the end.
+#[test]
+fn a_handler_can_close_its_connection_after_replying() {
+    for handler_threads in [Config::default().handler_threads, 1] {
+        let config = Config {
+            protocol: Protocol::Framed,
+            handler_threads,
+            ..Config::default()
+        };
+        let server = start_with(config, Some(Arc::new(Closer)));
+        let mut sock = server.connect();
+        send(&mut sock, &frame(b"first"));
+        assert_eq!(read_frame(&mut sock), b"FIRST");
+        send(&mut sock, &frame(b"last"));
+        assert_eq!(read_frame(&mut sock), b"LAST");
+        assert!(read_until_closed(&mut sock).is_empty());
+    }
 }

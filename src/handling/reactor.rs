@@ -320,6 +320,12 @@ impl Reactor {
         let _ = self.bell.wake();
     }
 
+    /// Tests only: is a thread collecting now (a watcher waiting, say)?
+    #[cfg(test)]
+    pub(super) fn is_collecting(&self) -> bool {
+        self.poll.try_lock().is_err()
+    }
+
     /// Tests only: `hook` runs right after each turn's last look at the queue.
     #[cfg(test)]
     pub(super) fn after_last_look(&self, hook: impl FnMut() + Send + 'static) {

@@ -220,6 +220,15 @@ mod tests {
     #[test]
     fn unwatching_stops_the_thread() -> Result<(), Box<dyn std::error::Error>> {
         let (reactor, asked) = watched()?;
+        // Once the thread waits (holding the poll), only a wake-up ends it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !reactor.is_collecting() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher never waited"
+            );
+            std::thread::yield_now();
+        }
         reactor.unwatch();
         // The thread ends and drops its sender; nothing asks any more.
         loop {
