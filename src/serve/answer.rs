@@ -7,23 +7,12 @@
 use bytes::{Buf, BytesMut};
 use log::log;
 
-use super::connection::{Connection, End, FLUSH_AT};
+use super::connection::{Batch, Connection, End, FLUSH_AT};
 use crate::error::Result;
 use crate::handling::job::Stage;
 use crate::handling::runner::Runner;
 use crate::protocol::{BYE_REPLY, Decoded, Protocol, Reply, is_bye};
 use crate::socket::Socket;
-
-/// What answering the whole messages in the buffer came to.
-#[derive(Debug, Default)]
-pub(super) struct Batch {
-    /// Messages taken from the buffer: answered, or handed to the handler.
-    pub taken: u64,
-    /// The session ends here.
-    pub end: Option<End>,
-    /// Bytes still missing from the message at the front of the buffer.
-    pub needed: usize,
-}
 
 impl<S: Socket> Connection<'_, S> {
     /// Answers every whole message at the front of `inbuf` with the echo,

@@ -20,7 +20,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::answer::Batch;
 use super::hub::Hub;
 use super::proxy;
 use super::transport::{self, Transport, until};
@@ -81,6 +80,17 @@ pub(crate) struct Session {
     pub max_messages: Option<u64>,
     /// The level of the "Connection with … closed." line.
     pub close_level: Level,
+}
+
+/// What answering the whole messages in the buffer came to.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    /// Messages taken from the buffer: answered, or handed to the handler.
+    pub taken: u64,
+    /// The session ends here.
+    pub end: Option<End>,
+    /// Bytes still missing from the message at the front of the buffer.
+    pub needed: usize,
 }
 
 /// How a session ended without error.
