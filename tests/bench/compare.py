@@ -225,6 +225,8 @@ class Sample:
     cpu_us_per_request: float
     peak_rss_mib: float
     errors: int
+    # The load generator's CPU (this process) per request.
+    load_cpu_us_per_request: float = float("nan")
 
 
 @dataclass
@@ -268,6 +270,7 @@ def measure(argv: list[str], workload: Workload, duration: float, cores: set[int
     server = ServerProcess(argv, workload.protocol, cores)
     try:
         cpu_before = server.cpu_seconds()
+        load_before = _own_cpu_seconds()
         report = sockdemo.bench(
             "127.0.0.1",
             server.port,
@@ -278,6 +281,7 @@ def measure(argv: list[str], workload: Workload, duration: float, cores: set[int
             **({} if workload.prefix is None else {"prefix": workload.prefix}),
         )
         cpu = server.cpu_seconds() - cpu_before
+        load_cpu = _own_cpu_seconds() - load_before
         peak = server.peak_rss_mib()
     finally:
         server.stop()
@@ -288,7 +292,86 @@ def measure(argv: list[str], workload: Workload, duration: float, cores: set[int
         cpu_us_per_request=cpu / max(report["requests"], 1) * 1e6,
         peak_rss_mib=peak,
         errors=report["errors"],
+        load_cpu_us_per_request=load_cpu / max(report["requests"], 1) * 1e6,
     )
+
+
+def _own_cpu_seconds() -> float:
+    """CPU time of this process, whose threads are the load generator's."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+#: Handlers slow enough that the handler, not the network, should set the
+#: pace: the bench reports how close sockdemo comes to their bounds.
+BOUNDED_HANDLERS = ("busy",)
+
+
+def handler_microseconds(name: str, size: int, rounds: int = 5, calls: int = 20_000) -> float:
+    """What one call of handlers.py's `name` costs in this interpreter, on a
+    message of `size` bytes: the best of `rounds` timings of `calls` calls."""
+    import timeit
+
+    import handlers
+
+    function = getattr(handlers, name)
+    message = "x" * size
+    best = min(timeit.repeat(lambda: function(message), number=calls, repeat=rounds))
+    return best / calls * 1e6
+
+
+def bounds(rows: list[Row]) -> list[str]:
+    """How close the slow handler comes to what the machine allows.
+
+    Two bounds. One core doing nothing but the handler's calls, the other
+    cores doing all the rest: the most a server with one interpreter could
+    give. And the whole machine: every request also costs the network work
+    of the server and of the load generator, which share these cores;
+    sockdemo's own echo on the same workload measures that work (server and
+    load CPU per request), so the cores can serve at most
+    cores / (handler + that work). That work costs more per request at the
+    handler's lower rate (fewer events per wake-up), so the machine bound
+    is an optimistic one.
+    """
+    by_key = {(r.workload, r.server): r for r in rows}
+    cores = len(os.sched_getaffinity(0))
+    lines = []
+    for workload in dict.fromkeys(r.workload for r in rows):
+        if workload.handler not in BOUNDED_HANDLERS:
+            continue
+        served = by_key.get((workload, "sockdemo + handler"))
+        echo = by_key.get((workload, "sockdemo echo (ceiling)"))
+        if served is None or not served.samples:
+            continue
+        call = handler_microseconds(workload.handler, workload.size)
+        one_core = 1e6 / call
+        rps = served.median("rps")
+        line = (
+            f"| {workload.name} | {call:.1f} | {one_core:,.0f} | {rps:,.0f} | {rps / one_core:.2f}"
+        )
+        if echo is not None and echo.samples:
+            network = echo.median("cpu_us_per_request") + echo.median("load_cpu_us_per_request")
+            machine_bound = cores * 1e6 / (call + network)
+            line += f" | {network:.1f} | {machine_bound:,.0f} | {rps / machine_bound:.2f} |"
+        else:
+            line += " | - | - | - |"
+        lines.append(line)
+    if not lines:
+        return []
+    return [
+        "",
+        f"The slow handler against its bounds: one core running nothing but the handler "
+        f"(its calls timed in this process), and the whole machine ({cores} cores), where "
+        "each request also costs the network work of the server and of the load generator "
+        "(CPU per request of sockdemo's echo on the same workload, both sides): at most "
+        "cores / (handler + network work).",
+        "",
+        "| workload | handler µs/call | one-core bound req/s | sockdemo + handler req/s "
+        "| of one-core bound | network CPU µs/req (server + load) | machine bound req/s "
+        "| of machine bound |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *lines,
+    ]
 
 
 def python_loop(rounds: int, requests: int) -> tuple[float, float]:
@@ -464,6 +547,7 @@ def markdown(
         "uvloop streams await it inline.",
         "",
         *table(rows, "handler"),
+        *bounds(rows),
         "",
         "## Worker processes",
         "",
