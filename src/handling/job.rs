@@ -257,8 +257,13 @@ impl Job {
             ));
         }
         let out = std::mem::take(&mut self.out);
-        let took = self.since.elapsed();
-        outbox.deliver(out, self.answered as u64, self.error.take(), write, took);
+        outbox.deliver(
+            out,
+            self.answered as u64,
+            self.error.take(),
+            write,
+            self.since,
+        );
     }
 }
 

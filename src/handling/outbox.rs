@@ -11,7 +11,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use socket2::Socket;
 use tokio::sync::Notify;
@@ -120,7 +120,7 @@ impl Outbox {
         self.lock().in_flight = true;
     }
 
-    /// The pool settles the job, which `took` that long: writes `out` (the
+    /// The pool settles the job handed over at `since`: writes `out` (the
     /// replies to `answered` messages) if asked to `write` and it can, keeps the rest and `error`
     /// for the connection, and wakes the connection only if it has something
     /// to do.
@@ -130,10 +130,12 @@ impl Outbox {
         answered: u64,
         error: Option<Error>,
         write: bool,
-        took: Duration,
+        since: Instant,
     ) {
+        // One clock read serves the metric and the idle clock.
+        let now = Instant::now();
         self.stats.answered(answered, out.len());
-        self.stats.handled(took);
+        self.stats.handled(now.saturating_duration_since(since));
         let mut state = self.lock();
         let written = if write {
             self.send_now(&mut state, &out)
@@ -145,7 +147,7 @@ impl Outbox {
             state.error.get_or_insert(error);
         }
         state.in_flight = false;
-        state.finished = Some(Instant::now());
+        state.finished = Some(now);
         let needed = state.needs_connection();
         drop(state);
         self.settled.notify_one();
