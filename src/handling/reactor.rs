@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -442,19 +442,33 @@ fn ends_wait(bit: u8) -> u8 {
 }
 
 /// One socket's readiness, and the tasks waiting for it.
+///
+/// The state is the readiness bits (the low byte) and a tick (the rest),
+/// which every collected edge advances. A task that saw a bit set, tried
+/// the socket and was told WouldBlock clears the bit only if no edge has
+/// come since it looked: where a thread of ours collects while the loop's
+/// thread runs the tasks (see `watcher`), an edge can land between the
+/// system call and the clear, and clearing it then would lose it for good.
 #[derive(Debug)]
 struct Source {
-    ready: AtomicU8,
+    state: AtomicU32,
     reader: Mutex<Option<Waker>>,
     writer: Mutex<Option<Waker>>,
 }
+
+/// When a task looked at a source's readiness: its tick then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tick(u32);
+
+const BITS: u32 = 0xff;
+const ONE_TICK: u32 = 1 << 8;
 
 impl Default for Source {
     fn default() -> Self {
         // Assumed ready until a system call says otherwise: the first read
         // of a fresh connection tries at once.
         Source {
-            ready: AtomicU8::new(READABLE | WRITABLE),
+            state: AtomicU32::new(u32::from(READABLE | WRITABLE)),
             reader: Mutex::default(),
             writer: Mutex::default(),
         }
@@ -463,10 +477,18 @@ impl Default for Source {
 
 impl Source {
     fn set(&self, bits: u8) {
+        let add = u32::from(bits);
+        let next = |state: u32| Some((state & !BITS).wrapping_add(ONE_TICK) | (state & BITS) | add);
+        // The closure always gives a value: both arms hold the state before.
+        let before = match self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, next)
+        {
+            Ok(before) | Err(before) => before,
+        };
         // Only what was not ready already can have a task waiting for it
         // (a task stores its waker only after seeing its bit clear).
-        let before = self.ready.fetch_or(bits, Ordering::AcqRel);
-        let bits = bits & !before;
+        let bits = bits & !(before as u8);
         // Each waker is taken first and woken with no lock held.
         if bits & ends_wait(READABLE) != 0 {
             let reader = lock(&self.reader).take();
@@ -482,15 +504,27 @@ impl Source {
         }
     }
 
-    fn clear(&self, bits: u8) {
-        self.ready.fetch_and(!bits, Ordering::AcqRel);
+    /// The tick now, to hand to [`Source::clear`] after a system call.
+    fn tick(&self) -> Tick {
+        Tick(self.state.load(Ordering::Acquire) >> 8)
     }
 
-    /// Ready for `bit`, or registers `cx` to be woken when it is.
-    fn poll_ready(&self, bit: u8, cx: &mut Context<'_>) -> Poll<()> {
-        let over = ends_wait(bit);
-        if self.ready.load(Ordering::Acquire) & over != 0 {
-            return Poll::Ready(());
+    /// Clears `bits`, unless an edge has come since `seen`.
+    fn clear(&self, bits: u8, seen: Tick) {
+        let clear = |state: u32| (state >> 8 == seen.0).then_some(state & !u32::from(bits));
+        // Refused: an edge came meanwhile, and the bits stay set.
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, clear);
+    }
+
+    /// Ready for `bit` (at the tick given), or registers `cx` to be woken
+    /// when it is.
+    fn poll_ready(&self, bit: u8, cx: &mut Context<'_>) -> Poll<Tick> {
+        let over = u32::from(ends_wait(bit));
+        let state = self.state.load(Ordering::Acquire);
+        if state & over != 0 {
+            return Poll::Ready(Tick(state >> 8));
         }
         let slot = if bit == READABLE {
             &self.reader
@@ -499,8 +533,9 @@ impl Source {
         };
         *lock(slot) = Some(cx.waker().clone());
         // Readiness that came while the waker was stored is not lost.
-        if self.ready.load(Ordering::Acquire) & over != 0 {
-            return Poll::Ready(());
+        let state = self.state.load(Ordering::Acquire);
+        if state & over != 0 {
+            return Poll::Ready(Tick(state >> 8));
         }
         Poll::Pending
     }
@@ -516,21 +551,22 @@ pub(crate) struct LoopStream {
 }
 
 impl LoopStream {
-    /// Runs `op` once `bit` is ready, until it stops saying WouldBlock.
+    /// Runs `op` once `bit` is ready, until it stops saying WouldBlock;
+    /// gives its result with the tick at which its readiness was seen.
     fn poll_io<T>(
         &self,
         bit: u8,
         cx: &mut Context<'_>,
         mut op: impl FnMut(&mio::net::TcpStream) -> io::Result<T>,
-    ) -> Poll<io::Result<T>> {
+    ) -> Poll<(io::Result<T>, Tick)> {
         loop {
-            if self.source.poll_ready(bit, cx).is_pending() {
+            let Poll::Ready(seen) = self.source.poll_ready(bit, cx) else {
                 return Poll::Pending;
-            }
+            };
             match op(&self.io) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.source.clear(bit),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.source.clear(bit, seen),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                result => return Poll::Ready(result),
+                result => return Poll::Ready((result, seen)),
             }
         }
     }
@@ -542,21 +578,23 @@ impl Socket for LoopStream {
     }
 
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        poll_fn(|cx| self.source.poll_ready(READABLE, cx).map(Ok))
+        poll_fn(|cx| self.source.poll_ready(READABLE, cx).map(|_| Ok(())))
     }
 
     fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        let seen = self.source.tick();
         let result = (&self.io).write(data);
         if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-            self.source.clear(WRITABLE);
+            self.source.clear(WRITABLE, seen);
         }
         result
     }
 
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let seen = self.source.tick();
         let result = (&self.io).read(buf);
         if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-            self.source.clear(READABLE);
+            self.source.clear(READABLE, seen);
         }
         result
     }
@@ -584,18 +622,19 @@ impl AsyncRead for LoopStream {
             }
             let scratch = &mut scratch[..wanted];
             let read = this.poll_io(READABLE, cx, |mut io| io.read(scratch));
-            if let Poll::Ready(Ok(n)) = read {
+            if let Poll::Ready((Ok(n), _)) = read {
                 buf.put_slice(&scratch[..n]);
             }
             read
         });
-        let Poll::Ready(Ok(n)) = read else {
-            return read.map_ok(|_| ());
+        let Poll::Ready((read, seen)) = read else {
+            return Poll::Pending;
         };
+        let n = read?;
         // Edge-triggered: a short read emptied the socket, and new bytes
         // will say so. Waiting now spares a read that would say WouldBlock.
         if n > 0 && n < wanted {
-            this.source.clear(READABLE);
+            this.source.clear(READABLE, seen);
         }
         Poll::Ready(Ok(()))
     }
@@ -608,6 +647,7 @@ impl AsyncWrite for LoopStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.poll_io(WRITABLE, cx, |mut io| io.write(data))
+            .map(|(written, _)| written)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -376,3 +376,47 @@ fn a_wake_right_after_the_last_look_rings_the_bell() -> TestResult {
     assert_eq!(reactor.tasks(), 0);
     Ok(())
 }
+
+/// Is `source` ready for `bit` now, as a task would see it?
+fn ready_for(source: &Source, bit: u8) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    source.poll_ready(bit, &mut cx).is_ready()
+}
+
+#[test]
+fn an_edge_collected_during_a_system_call_survives_its_would_block() {
+    let source = Source::default();
+    // A task sees the socket readable and reads it...
+    let seen = source.tick();
+    // ...while the watching thread collects a new edge, between the read
+    // and the task's WouldBlock.
+    source.set(READABLE);
+    source.clear(READABLE, seen);
+    assert!(
+        ready_for(&source, READABLE),
+        "the new edge was cleared: lost"
+    );
+    // With no edge since it looked, the WouldBlock clears the bit.
+    let seen = source.tick();
+    source.clear(READABLE, seen);
+    assert!(!ready_for(&source, READABLE));
+    assert!(
+        ready_for(&source, WRITABLE),
+        "only the bit asked is cleared"
+    );
+    // And the next edge sets it again.
+    source.set(READABLE);
+    assert!(ready_for(&source, READABLE));
+}
+
+#[test]
+fn the_end_of_a_direction_is_never_cleared() {
+    let source = Source::default();
+    source.set(READ_CLOSED);
+    let seen = source.tick();
+    source.clear(READABLE, seen);
+    assert!(
+        ready_for(&source, READABLE),
+        "the peer's end ends every wait"
+    );
+}
