@@ -7,6 +7,7 @@ its first line, which the runner reads before going on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
@@ -29,6 +30,24 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "python"
 PREFIX = sockdemo.DEFAULT_PREFIX.encode()
 BYE = sockdemo.BYE_REPLY.encode()
+
+
+class ProactorLikeLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop with ``add_reader`` and ``add_writer`` refused
+    (``NotImplementedError``) the way Windows' Proactor loop refuses them:
+    what sockdemo.aio does there, tested here. Its own transports still
+    work, so asyncio streams and plain sockets are the peers."""
+
+    #: Calls refused so far, by every such loop.
+    refused = 0
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        ProactorLikeLoop.refused += 1
+        raise NotImplementedError
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        ProactorLikeLoop.refused += 1
+        raise NotImplementedError
 
 
 @pytest.fixture

@@ -27,7 +27,14 @@ import pytest
 
 import sockdemo
 import sockdemo.aio
-from conftest import Script, frame, read_frame, read_until_closed, recv_exactly
+from conftest import (
+    ProactorLikeLoop,
+    Script,
+    frame,
+    read_frame,
+    read_until_closed,
+    recv_exactly,
+)
 
 try:
     import uvloop
@@ -43,6 +50,8 @@ LOOPS = [
         "uvloop",
         marks=pytest.mark.skipif(uvloop is None, reason="uvloop is not installed"),
     ),
+    # No add_reader or add_writer, as on Windows: sockdemo's threads watch.
+    "proactor-like",
 ]
 
 
@@ -52,7 +61,11 @@ def run(request: pytest.FixtureRequest) -> Iterator[Run[Any]]:
     loops: list[asyncio.AbstractEventLoop] = []
 
     def run(main: Awaitable[T]) -> T:
-        loop = uvloop.new_event_loop() if request.param == "uvloop" else asyncio.new_event_loop()
+        loop = {
+            "asyncio": asyncio.new_event_loop,
+            "uvloop": lambda: uvloop.new_event_loop(),
+            "proactor-like": ProactorLikeLoop,
+        }[request.param]()
         loops.append(loop)
         try:
             return loop.run_until_complete(asyncio.wait_for(main, 60))

@@ -2,42 +2,37 @@
 loop cannot: a thread of sockdemo's watches the connections and asks the loop
 for each turn.
 
-The loop here is asyncio's own with its public ``add_reader`` refused the way
-the Proactor loop refuses it (``NotImplementedError``); its transports still
-work, so asyncio streams and plain sockets are the peers.
+The loop here is ``conftest.ProactorLikeLoop``: asyncio's own, refusing
+``add_reader`` and ``add_writer`` the way the Proactor loop does. The aio
+client on it is tested with the rest of ``test_aio.py``, which runs on it too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import os
+import socket
 import struct
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+import weakref
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
 import pytest
 
 import sockdemo
 import sockdemo.aio
+from conftest import ProactorLikeLoop, recv_exactly
 
 T = TypeVar("T")
 
 
-class NoReaderLoop(asyncio.SelectorEventLoop):
-    """A loop whose ``add_reader`` is refused, as the Proactor loop's is."""
-
-    refused = 0
-
-    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
-        NoReaderLoop.refused += 1
-        raise NotImplementedError
-
-
 def run(main: Awaitable[T]) -> T:
-    loop = NoReaderLoop()
+    loop = ProactorLikeLoop()
     try:
         return loop.run_until_complete(asyncio.wait_for(main, 60))
     finally:
@@ -86,7 +81,7 @@ def frame(payload: bytes) -> bytes:
 
 def test_a_handler_is_served_through_the_watching_thread() -> None:
     before = watchers()
-    refused = NoReaderLoop.refused
+    refused = ProactorLikeLoop.refused
 
     async def handler(message: str) -> str | None:
         if message == "later":
@@ -98,7 +93,7 @@ def test_a_handler_is_served_through_the_watching_thread() -> None:
 
     async def main() -> None:
         async with await sockdemo.aio.start_server(handler, port=0) as server:
-            assert NoReaderLoop.refused == refused + 1, "add_reader was not tried"
+            assert ProactorLikeLoop.refused == refused + 1, "add_reader was not tried"
             await_watchers(before + 1)  # named by the thread itself, once it runs
             reader, writer = await asyncio.open_connection(*server.server_address[:2])
             for message, reply in [
@@ -241,3 +236,99 @@ def test_many_clients_through_the_watching_thread(protocol: str) -> None:
 
 async def upper(message: str) -> str:
     return message.upper()
+
+
+def test_pipelined_bursts_are_all_answered_through_the_watching_thread() -> None:
+    """The watching thread collects readiness while the loop's thread reads
+    and writes: an edge that lands between a read and its WouldBlock must
+    not be cleared by it, or that connection waits for ever. The clients
+    are threads with blocking sockets, so that their bytes arrive while the
+    loop's thread is at work."""
+
+    def client(address: tuple[str, int], n: int) -> None:
+        with socket.create_connection(address, timeout=10) as sock:
+            for burst in range(5):
+                messages = [f"{n}:{burst}:{i}".encode() for i in range(50)]
+                # One send each: the bytes arrive while the loop reads.
+                for message in messages:
+                    sock.sendall(frame(message))
+                for message in messages:
+                    assert recv_frame(sock) == message.upper()
+
+    async def main() -> None:
+        async with await sockdemo.aio.start_server(upper, port=0, protocol="framed") as server:
+            address = server.server_address[:2]
+            loop = asyncio.get_running_loop()
+            with concurrent.futures.ThreadPoolExecutor(20) as clients:
+                await asyncio.gather(
+                    *(loop.run_in_executor(clients, client, address, n) for n in range(20))
+                )
+            assert server.stats()["messages"] == 20 * 5 * 50
+
+    for _ in range(10):
+        run(main())
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    (length,) = struct.unpack("!I", recv_exactly(sock, 4))
+    return recv_exactly(sock, length)
+
+
+def client_watchers() -> int:
+    """Threads watching an aio client's socket for a loop that cannot."""
+    return sum(t.name == "sockdemo-aio-watch" for t in threading.enumerate())
+
+
+def test_an_aio_client_is_watched_by_a_thread_that_ends_with_it(serve_in_thread) -> None:
+    address = serve_in_thread
+
+    async def main() -> None:
+        before = client_watchers()
+        refused = ProactorLikeLoop.refused
+        async with await sockdemo.aio.connect(
+            *address, "framed", timeout=10, max_message_size=8 << 20
+        ) as client:
+            assert ProactorLikeLoop.refused > refused, "add_writer was not tried"
+            assert client_watchers() == before + 1
+            assert await client.request("hello") == "Server received: hello"
+            # Pipelined, and larger than a socket's buffers: the thread
+            # watches for writing as well as reading.
+            big = "x" * (4 << 20)
+            for _ in range(3):
+                await client.send(big)
+            for _ in range(3):
+                assert await client.receive() == b"Server received: " + big.encode()
+        assert client_watchers() == before, "closing the client ends its thread"
+
+    run(main())
+
+
+def test_an_aio_client_left_open_lets_its_thread_go_with_its_loop(serve_in_thread) -> None:
+    address = serve_in_thread
+    before = client_watchers()
+    kept: list[sockdemo.aio.Client] = []
+
+    async def main() -> None:
+        client = await sockdemo.aio.connect(*address, "framed", timeout=10)
+        assert await client.request("hello") == "Server received: hello"
+        kept.append(client)
+
+    run(main())
+    # Never closed, and its loop closed: the thread sees that and ends,
+    # letting the client go.
+    deadline = time.monotonic() + 30
+    while client_watchers() != before:
+        assert time.monotonic() < deadline, "the client's thread outlived its loop"
+        time.sleep(0.01)
+    client = weakref.ref(kept.pop())
+    gc.collect()
+    assert client() is None, "the client was kept"
+
+
+@pytest.fixture
+def serve_in_thread() -> Iterator[tuple[str, int]]:
+    """A sockdemo server (threads of its own, no loop) for the aio clients."""
+    with sockdemo.Server(port=0, protocol="framed", max_message_size=8 << 20) as server:
+        server.start()
+        yield server.server_address[:2]
+        server.shutdown()

@@ -1,13 +1,16 @@
 """The asyncio client: :func:`connect` and the :class:`Client` it returns.
 
 The client's socket, TLS and framing are Rust; the loop does the waiting,
-with the same system calls as asyncio's streams.
+with the same system calls as asyncio's streams. A loop that cannot watch a
+socket (Windows' Proactor loop) is served by a thread that does (see
+``_watch``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import socket
 from typing import Any, Literal, TypeVar
 
@@ -19,6 +22,7 @@ from .._sockdemo import (
     LoopClient,
 )
 from ..errors import ServerClosedError
+from ._watch import READ, WRITE, Watch
 
 _M = TypeVar("_M", str, bytes)
 
@@ -80,38 +84,35 @@ async def _connect(
             buffer_size=buffer_size,
             max_message_size=max_message_size,
         )
+        watch = Watch(loop, core.fileno())
         try:
-            await _until(loop, core, "write")
+            await _until(loop, watch, WRITE)
             want = core.connected()
             while want is not None:
-                await _until(loop, core, want)
+                await _until(loop, watch, READ if want == "read" else WRITE)
                 want = core.connected()
         except OSError as exc:
+            watch.close()
             core.close()
             last = exc
             continue
         except BaseException:
+            watch.close()
             core.close()
             raise
-        return Client(loop, core, protocol, timeout, max_message_size + _SLACK)
+        return Client(loop, core, watch, protocol, timeout, max_message_size + _SLACK)
     assert last is not None  # getaddrinfo gives at least one address or raises
     raise last
 
 
-async def _until(loop: asyncio.AbstractEventLoop, core: LoopClient, want: str) -> None:
-    """Waits until ``core``'s socket is readable (``"read"``) or writable."""
+async def _until(loop: asyncio.AbstractEventLoop, watch: Watch, event: int) -> None:
+    """Waits until the watched socket is readable (``READ``) or writable."""
     ready: asyncio.Future[None] = loop.create_future()
-    fd = core.fileno()
-    watch, unwatch = (
-        (loop.add_reader, loop.remove_reader)
-        if want == "read"
-        else (loop.add_writer, loop.remove_writer)
-    )
-    watch(fd, _wake, ready)
+    watch.on(event, functools.partial(_wake, ready))
     try:
         await ready
     finally:
-        unwatch(fd)
+        watch.off(event)
 
 
 def _wake(ready: asyncio.Future[None]) -> None:
@@ -133,22 +134,23 @@ class Client:
         self,
         loop: asyncio.AbstractEventLoop,
         core: LoopClient,
+        watch: Watch,
         protocol: str,
         timeout: float | None,
         room: int,
     ) -> None:
         self._loop = loop
         self._core = core
+        self._watch = watch
         # A framed reply is at most the largest message plus the prefix.
         self._room = room
-        self._fd = core.fileno()
         self._timeout = timeout
         self.protocol = protocol
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._reading = True
         self._closed_because: str | None = None
-        loop.add_reader(self._fd, self._on_readable)
+        watch.on(READ, self._on_readable)
 
     @property
     def server_address(self) -> tuple[Any, ...]:
@@ -236,8 +238,11 @@ class Client:
 
     def __del__(self) -> None:
         # Never left watching a descriptor that is about to close.
-        if self._closed_because is None and not self._loop.is_closed():
-            self._shut("the client was garbage-collected")
+        if self._closed_because is None:
+            if self._loop.is_closed():
+                self._watch.close()
+            else:
+                self._shut("the client was garbage-collected")
 
     async def _receive(self, text: bool) -> str | bytes:
         self._check_open()
@@ -265,7 +270,7 @@ class Client:
         core = self._core
         if self._error is None and not core.at_eof and core.buffered < self._room:
             self._reading = True
-            self._loop.add_reader(self._fd, self._on_readable)
+            self._watch.on(READ, self._on_readable)
 
     def _on_readable(self) -> None:
         try:
@@ -274,7 +279,7 @@ class Client:
             self._error, news = exc, True
         if self._error is not None or self._core.at_eof or self._core.buffered >= self._room:
             # At the end the socket stays readable: stop watching it.
-            self._loop.remove_reader(self._fd)
+            self._watch.off(READ)
             self._reading = False
         if news and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -285,11 +290,11 @@ class Client:
 
     async def _wait_writable(self) -> None:
         waiter: asyncio.Future[None] = self._loop.create_future()
-        self._loop.add_writer(self._fd, _wake, waiter)
+        self._watch.on(WRITE, functools.partial(_wake, waiter))
         try:
             await self._wait(waiter)
         finally:
-            self._loop.remove_writer(self._fd)
+            self._watch.off(WRITE)
 
     async def _wait(self, waiter: asyncio.Future[None]) -> None:
         timer = None
@@ -325,9 +330,10 @@ class Client:
         if self._closed_because is not None:
             return
         self._closed_because = because
-        if self._reading and not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
+        if self._reading:
+            self._watch.off(READ)
         self._reading = False
+        self._watch.close()
         self._core.close()
 
 
