@@ -380,25 +380,7 @@ fn handshakes_the_server_cuts_short_are_not_failures() {
         max_handshakes: 1,
         ..framed()
     });
-    let mut first = server.connect();
-    wait_until(|| server.0.stats().connections_opening == 1);
-    let mut second = server.connect();
-    assert!(read_until_closed(&mut first).is_empty());
-    wait_until(|| {
-        server
-            .0
-            .metrics()
-            .contains("sockdemo_connections_closed_total{reason=\"evicted\"} 1")
-    });
-    wait_until(|| server.0.stats().connections_opening == 1);
-    server.0.shutdown();
-    assert!(read_until_closed(&mut second).is_empty());
-    let metrics = server.0.metrics();
-    assert!(
-        metrics.contains("sockdemo_connections_closed_total{reason=\"shutdown\"} 1"),
-        "{metrics}"
-    );
-    assert_eq!(server.0.stats().errors, 0, "{metrics}");
+    let metrics = opening_connections_are_closed_by_the_server(&server);
     assert!(!metrics.contains("kind=\"tls\"} 1"), "{metrics}");
 }
 

@@ -96,3 +96,32 @@ pub fn read_frame(sock: &mut TcpStream) -> Vec<u8> {
 pub fn send(sock: &mut TcpStream, bytes: &[u8]) {
     sock.write_all(bytes).unwrap();
 }
+
+/// Opens two connections that never finish opening, on a server with one
+/// place for them (`max_handshakes` 1): the second makes the first go, and
+/// the shutdown closes the second. Checks that each close is counted as
+/// what did it (`evicted`, `shutdown`) and none as an error; returns the
+/// metrics for what else the caller checks.
+pub fn opening_connections_are_closed_by_the_server(server: &Running) -> String {
+    let mut first = server.connect();
+    wait_until(|| server.0.stats().connections_opening == 1);
+    // No place left: the first, with no more progress than the second, goes.
+    let mut second = server.connect();
+    assert!(read_until_closed(&mut first).is_empty());
+    wait_until(|| {
+        server
+            .0
+            .metrics()
+            .contains("sockdemo_connections_closed_total{reason=\"evicted\"} 1")
+    });
+    wait_until(|| server.0.stats().connections_opening == 1);
+    server.0.shutdown();
+    assert!(read_until_closed(&mut second).is_empty());
+    let metrics = server.0.metrics();
+    assert!(
+        metrics.contains("sockdemo_connections_closed_total{reason=\"shutdown\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(server.0.stats().errors, 0, "{metrics}");
+    metrics
+}

@@ -38,6 +38,20 @@ fn turn_until(reactor: &Reactor, mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// Turns `reactor` as [`turn_until`] does until `poll` is ready; what it
+/// gave, or None if it never was.
+fn turn_until_ready<T>(reactor: &Reactor, mut poll: impl FnMut() -> Poll<T>) -> Option<T> {
+    let mut outcome = None;
+    turn_until(reactor, || match poll() {
+        Poll::Ready(value) => {
+            outcome = Some(value);
+            true
+        }
+        Poll::Pending => false,
+    });
+    outcome
+}
+
 fn would_block<T: std::fmt::Debug>(result: io::Result<T>) -> bool {
     matches!(result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
@@ -54,10 +68,7 @@ fn reads_and_writes_say_what_they_did_and_a_reader_waits_for_bytes() -> TestResu
     assert!(readable.as_mut().poll(&mut cx).is_pending());
     client.write_all(b"hello")?;
     // Only the readiness the reactor collects ends the wait.
-    assert!(turn_until(&reactor, || readable
-        .as_mut()
-        .poll(&mut cx)
-        .is_ready()));
+    turn_until_ready(&reactor, || readable.as_mut().poll(&mut cx)).ok_or("never readable")??;
     assert_eq!(stream.try_read(&mut buf)?, 5);
     assert_eq!(&buf[..5], b"hello");
     assert_eq!(stream.try_write(b"a reply")?, 7);
@@ -67,10 +78,7 @@ fn reads_and_writes_say_what_they_did_and_a_reader_waits_for_bytes() -> TestResu
     // The client's end: a reader is told at once, and for good.
     drop(client);
     let mut readable = pin!(stream.readable());
-    assert!(turn_until(&reactor, || readable
-        .as_mut()
-        .poll(&mut cx)
-        .is_ready()));
+    turn_until_ready(&reactor, || readable.as_mut().poll(&mut cx)).ok_or("never told")??;
     assert_eq!(stream.try_read(&mut buf)?, 0);
     assert!(pin!(stream.readable()).poll(&mut cx).is_ready());
     Ok(())
@@ -89,17 +97,11 @@ fn async_reads_take_what_came_and_wait_for_more() -> TestResult {
             .is_pending()
     );
     client.write_all(b"first")?;
-    let mut read = None;
-    assert!(turn_until(&reactor, || {
-        match Pin::new(&mut stream).poll_read(&mut cx, &mut buf) {
-            Poll::Ready(result) => {
-                read = Some(result.map(|()| buf.filled().to_vec()));
-                true
-            }
-            Poll::Pending => false,
-        }
-    }));
-    assert_eq!(read.ok_or("not read")??, b"first");
+    turn_until_ready(&reactor, || {
+        Pin::new(&mut stream).poll_read(&mut cx, &mut buf)
+    })
+    .ok_or("not read")??;
+    assert_eq!(buf.filled(), b"first");
     // Everything there was has been read: the next read waits.
     let mut space = [0u8; 64];
     let mut buf = ReadBuf::new(&mut space);
@@ -141,16 +143,10 @@ fn a_writer_facing_a_full_socket_waits_until_the_peer_reads() -> TestResult {
         client.read_exact(&mut all)?;
         Ok(all.iter().filter(|&&b| b == 7).count())
     });
-    let mut written = 0;
-    assert!(turn_until(&reactor, || {
-        match Pin::new(&mut stream).poll_write(&mut cx, &chunk) {
-            Poll::Ready(Ok(n)) => {
-                written = n;
-                true
-            }
-            _ => false,
-        }
-    }));
+    let written = turn_until_ready(&reactor, || {
+        Pin::new(&mut stream).poll_write(&mut cx, &chunk)
+    })
+    .ok_or("never writable")??;
     assert!(written > 0);
     assert_eq!(reader.join().map_err(|_| "reader panicked")??, sent);
     Ok(())
@@ -168,16 +164,9 @@ fn a_writer_waiting_on_a_peer_that_resets_is_told() -> TestResult {
     // A close with unread data (and no lingering) resets the connection.
     socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO))?;
     drop(client);
-    let mut outcome = None;
-    assert!(turn_until(&reactor, || {
-        match Pin::new(&mut stream).poll_write(&mut cx, &chunk) {
-            Poll::Ready(result) => {
-                outcome = Some(result);
-                true
-            }
-            Poll::Pending => false,
-        }
-    }));
+    let outcome = turn_until_ready(&reactor, || {
+        Pin::new(&mut stream).poll_write(&mut cx, &chunk)
+    });
     assert!(
         outcome.ok_or("no outcome")?.is_err(),
         "a write to a reset peer fails"
