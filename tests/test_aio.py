@@ -153,7 +153,7 @@ def network_thread_switches() -> int:
                 for line in status:
                     if line.startswith("voluntary_ctxt_switches:"):
                         switches += int(line.split()[1])
-        except FileNotFoundError:  # a thread that has just ended
+        except (FileNotFoundError, ProcessLookupError):  # a thread that has just ended
             pass
     return switches
 
