@@ -15,11 +15,18 @@ use pyo3::prelude::*;
 use pyo3::pyclass::PyTraverseError;
 
 /// One Python object, until the collector (or the owner's end) clears it.
+#[derive(Default)]
 pub(super) struct Held(Mutex<Option<Py<PyAny>>>);
 
 impl Held {
     pub fn new(object: Py<PyAny>) -> Self {
         Held(Mutex::new(Some(object)))
+    }
+
+    /// Holds `object` from now on, in place of what was held.
+    pub fn set(&self, object: Py<PyAny>) {
+        let before = self.lock().replace(object);
+        drop(before);
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Py<PyAny>>> {

@@ -61,6 +61,11 @@ pub(super) struct LoopHandler {
     follow: Held,
     /// Called once the server has finished serving.
     finished: Held,
+    /// What a watching thread calls to ask the loop for a turn (see
+    /// `watch`): held here, where the collector sees it and the server's
+    /// end lets go of it with the interpreter held, not in the thread,
+    /// which would let go of it only when it ends, after the server.
+    asker: Arc<Held>,
     coroutine: Py<PyType>,
     /// `handler` opens a session per connection: called with the
     /// [`Connection`], it returns the object that takes the connection's
@@ -106,6 +111,7 @@ impl LoopHandler {
             handler: Held::new(handler),
             follow: Held::new(follow),
             finished: Held::new(finished),
+            asker: Arc::default(),
             coroutine: py
                 .import("types")?
                 .getattr("CoroutineType")?
@@ -127,9 +133,13 @@ impl LoopHandler {
     /// `run`, say. Once `ask` raises (the loop is closed) or the server has
     /// finished, the thread stops.
     fn watch(&self, py: Python<'_>, ask: Py<PyAny>) -> PyResult<()> {
+        self.asker.set(ask);
+        let asker = self.asker.clone();
         let ask_for_turn = move || {
-            // An interpreter shutting down asks nothing any more.
-            Python::try_attach(|py| ask.call0(py).is_ok()).unwrap_or(false)
+            // An interpreter shutting down asks nothing any more, nor does a
+            // server that has let go of its asker.
+            Python::try_attach(|py| asker.get(py).is_some_and(|ask| ask.call0().is_ok()))
+                .unwrap_or(false)
         };
         self.bridge
             .reactor()
@@ -166,6 +176,7 @@ impl LoopHandler {
         if this.bridge.is_finished() {
             // Nothing more to watch for.
             reactor.unwatch();
+            this.asker.clear();
             if let Some(finished) = this.finished.get(slf.py()) {
                 finished.call0()?;
             }
@@ -176,13 +187,15 @@ impl LoopHandler {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.handler.traverse(&visit)?;
         self.follow.traverse(&visit)?;
-        self.finished.traverse(&visit)
+        self.finished.traverse(&visit)?;
+        self.asker.traverse(&visit)
     }
 
     fn __clear__(&self) {
         self.handler.clear();
         self.follow.clear();
         self.finished.clear();
+        self.asker.clear();
     }
 }
 
@@ -190,6 +203,8 @@ impl Drop for LoopHandler {
     fn drop(&mut self) {
         // A watching thread holds the reactor, not this: it must be told.
         self.bridge.reactor().unwatch();
+        // Dropped with the interpreter held, unlike by the thread.
+        self.asker.clear();
     }
 }
 
