@@ -35,7 +35,7 @@ const EVENTS: usize = 256;
 /// ring the bell, so the loop comes straight back).
 const TURN_BUDGET: usize = 1024;
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every change under these locks is a push, a pop or a slab update.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -75,6 +75,8 @@ pub struct Reactor {
     pub(super) asked: AtomicBool,
     /// The watching thread is to stop.
     pub(super) unwatched: AtomicBool,
+    /// The watching thread, to wait for once it is told to stop.
+    pub(super) watcher: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Readiness per registered socket, by token.
     sources: Mutex<Slab<Arc<Source>>>,
     /// Tasks woken and not yet run, in order.
@@ -133,6 +135,7 @@ impl Reactor {
             watched: AtomicBool::new(false),
             asked: AtomicBool::new(false),
             unwatched: AtomicBool::new(false),
+            watcher: Mutex::default(),
             sources: Mutex::default(),
             queue: Mutex::default(),
             tasks: Mutex::default(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
 
-use crate::handling::reactor::Reactor;
+use crate::handling::reactor::{Reactor, lock};
 
 impl Reactor {
     /// From now on a thread of ours watches this reactor, and calls
@@ -56,11 +56,16 @@ impl Reactor {
                 drop(reactor);
                 drop(ask_for_turn);
             });
-        if let Err(e) = started {
-            self.watched.store(false, Ordering::Release);
-            return Err(e);
+        match started {
+            Ok(thread) => {
+                *lock(&self.watcher) = Some(thread);
+                Ok(())
+            }
+            Err(e) => {
+                self.watched.store(false, Ordering::Release);
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     /// Stops the watching thread, if any (at once if it is waiting; after
@@ -68,6 +73,21 @@ impl Reactor {
     pub fn unwatch(&self) {
         if !self.unwatched.swap(true, Ordering::AcqRel) {
             self.wake_watcher();
+        }
+    }
+
+    /// Stops the watching thread and waits until it has ended, and with it
+    /// every reference its asker held: a server that has finished holds
+    /// nothing of its handler in a thread any more. The caller must not
+    /// hold what an ask needs (for Python: the interpreter).
+    pub fn unwatch_and_wait(&self) {
+        self.unwatch();
+        let thread = lock(&self.watcher).take();
+        if let Some(thread) = thread
+            && thread.thread().id() != thread::current().id()
+        {
+            // A panic in an ask has been reported already: nothing to add.
+            let _ = thread.join();
         }
     }
 }
@@ -240,6 +260,40 @@ mod tests {
         }
         // Only the test's own reference is left.
         assert_eq!(Arc::strong_count(&reactor), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn unwatch_and_wait_returns_once_the_thread_has_let_go_of_its_asker()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let reactor = Reactor::new()?;
+        let runtime = runtime()?;
+        // What the asker holds: counted, to see when the thread let it go.
+        let token = Arc::new(());
+        let held = token.clone();
+        let (entered, in_ask) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let (entered, released) = (Mutex::new(entered), Mutex::new(released));
+        reactor.watch_on_thread(move || {
+            let _held = &held;
+            // The first ask takes its time, as an ask waiting for the
+            // interpreter would.
+            let _ = lock(&entered).send(());
+            let _ = lock(&released).recv_timeout(Duration::from_millis(200));
+            true
+        })?;
+        // A task spawned from here makes the thread ask.
+        reactor.spawn(runtime.handle().clone(), async {});
+        in_ask.recv_timeout(Duration::from_secs(30))?;
+        // The ask is under way, for 200 ms: plain `unwatch` would return
+        // at once, with the asker still held.
+        reactor.unwatch_and_wait();
+        assert_eq!(
+            Arc::strong_count(&token),
+            1,
+            "the thread still holds its asker"
+        );
+        drop(release);
         Ok(())
     }
 }

@@ -174,9 +174,12 @@ impl LoopHandler {
             }
         }
         if this.bridge.is_finished() {
-            // Nothing more to watch for.
-            reactor.unwatch();
+            // Nothing more to watch for. The asker goes first, so that the
+            // watching thread asks no more; then the thread, waited for
+            // without the interpreter (an ask under way needs it), so that
+            // no reference to the handler is left in it once this returns.
             this.asker.clear();
+            slf.py().detach(|| reactor.unwatch_and_wait());
             if let Some(finished) = this.finished.get(slf.py()) {
                 finished.call0()?;
             }
