@@ -345,3 +345,55 @@ fn a_handler_can_close_its_connection() {
         assert!(rest.is_empty() || rest == frame(b"LAST"), "{rest:?}");
     }
 }
+
+/// Pushes a large note before each reply, and names the thread it ran on.
+struct Noter {
+    threads: std::sync::Mutex<Vec<String>>,
+}
+
+/// More than the socket buffers of a loopback connection hold.
+const NOTE: usize = 16 << 20;
+
+impl Handler for Noter {
+    fn reply(
+        &self,
+        conn: &sockdemo::handling::Conn,
+        message: &[u8],
+    ) -> Result<Option<Vec<u8>>, String> {
+        let name = thread::current().name().unwrap_or_default().to_owned();
+        self.threads.lock().unwrap().push(name);
+        assert!(conn.send(&vec![b'n'; NOTE]).unwrap(), "the note was refused");
+        Ok(Some(message.to_ascii_uppercase()))
+    }
+}
+
+/// A reply leaves after what its handler sent while answering, whoever
+/// writes it: the connection itself, when the call ran on its network
+/// thread, or the handler thread. The note is larger than the socket takes
+/// at once, so most of it waits in the outbox while the reply is made.
+#[test]
+fn a_reply_leaves_after_what_its_handler_sent_while_answering() {
+    for handler_threads in [Config::default().handler_threads, 1] {
+        let noter = Arc::new(Noter {
+            threads: std::sync::Mutex::default(),
+        });
+        let config = Config {
+            handler_threads,
+            max_pending_bytes: 2 * NOTE,
+            ..Config::default()
+        };
+        let server = start_with(config, Some(noter.clone()));
+        let mut sock = server.connect();
+        for message in [&b"one"[..], b"two"] {
+            send(&mut sock, message);
+            let got = read_exactly(&mut sock, NOTE + message.len());
+            assert!(got[..NOTE].iter().all(|&b| b == b'n'), "the note was cut");
+            assert_eq!(got[NOTE..], message.to_ascii_uppercase());
+        }
+        // With a lane (the default), a quick call runs on the network
+        // thread that read the message; with none, on a handler thread.
+        let threads = noter.threads.lock().unwrap().clone();
+        let on_handler_threads = threads.iter().all(|t| t == "sockdemo-handler");
+        assert_eq!(on_handler_threads, handler_threads == 1, "{threads:?}");
+    }
+}

@@ -41,6 +41,56 @@ pub(crate) struct Replies {
     pub session: bool,
 }
 
+impl Replies {
+    /// Encodes a plain handler's `reply` to `message` from `peer` into
+    /// `out`: the bytes it returned, or the echo for `None`. Refuses what the
+    /// protocol cannot carry, and turns a failure (which the handler has
+    /// logged) into the error that closes the connection.
+    pub fn encode(
+        &self,
+        peer: SocketAddr,
+        message: &[u8],
+        reply: Result<Option<&[u8]>, String>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        match reply {
+            Ok(Some(reply)) => match self.refusal(reply) {
+                None => self.codec.encode(&[reply], out),
+                Some(refused) => {
+                    error!(
+                        target: "sockdemo::handler",
+                        "Handler reply to {} refused: {refused}",
+                        py_address(peer)
+                    );
+                    Err(refused)
+                }
+            },
+            Ok(None) => self.codec.encode(&[self.prefix.as_slice(), message], out),
+            Err(e) => Err(Error::Handler(e)),
+        }
+    }
+
+    /// What the protocol cannot carry: an empty raw message (the client
+    /// would wait for ever) and a framed one over the size limit (the client
+    /// would have to refuse it).
+    fn refusal(&self, reply: &[u8]) -> Option<Error> {
+        let codec = &self.codec;
+        match codec.protocol() {
+            Protocol::Raw if reply.is_empty() => Some(Error::Handler(
+                "the handler returned an empty reply, which the raw protocol cannot carry".into(),
+            )),
+            Protocol::Framed if reply.len() > codec.max_message_size() => {
+                Some(Error::MessageTooLarge {
+                    size: reply.len(),
+                    limit: codec.max_message_size(),
+                    hint: " (the handler's reply)",
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// What a job asks of the handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
@@ -166,22 +216,11 @@ impl Job {
         let encoded = match reply {
             Ok(Some(reply)) if self.replies.session => self.send(reply),
             Ok(None) if self.replies.session => Ok(()),
-            Ok(Some(reply)) => match self.refusal(reply) {
-                None => self.replies.codec.encode(&[reply], &mut self.out),
-                Some(refused) => {
-                    error!(
-                        target: "sockdemo::handler",
-                        "Handler reply to {} refused: {refused}",
-                        py_address(self.peer())
-                    );
-                    Err(refused)
-                }
-            },
-            Ok(None) => {
-                let echo = [self.replies.prefix.as_slice(), &self.data[range]];
-                self.replies.codec.encode(&echo, &mut self.out)
+            reply => {
+                let message = &self.data[range];
+                self.replies
+                    .encode(self.conn.peer(), message, reply, &mut self.out)
             }
-            Err(e) => Err(Error::Handler(e)),
         };
         match encoded {
             Ok(()) => {
@@ -216,26 +255,6 @@ impl Job {
     /// with `error`.
     pub fn fail(&mut self, error: Error) {
         self.error.get_or_insert(error);
-    }
-
-    /// What the protocol cannot carry: an empty raw message (the client
-    /// would wait for ever) and a framed one over the size limit (the client
-    /// would have to refuse it).
-    fn refusal(&self, reply: &[u8]) -> Option<Error> {
-        let codec = &self.replies.codec;
-        match codec.protocol() {
-            Protocol::Raw if reply.is_empty() => Some(Error::Handler(
-                "the handler returned an empty reply, which the raw protocol cannot carry".into(),
-            )),
-            Protocol::Framed if reply.len() > codec.max_message_size() => {
-                Some(Error::MessageTooLarge {
-                    size: reply.len(),
-                    limit: codec.max_message_size(),
-                    hint: " (the handler's reply)",
-                })
-            }
-            _ => None,
-        }
     }
 
     /// Delivers the replies to the connection; with `write`, straight into

@@ -1,5 +1,6 @@
-//! Lanes: answering a job on the network thread that read it, the pool's
-//! fast path.
+//! Lanes: answering messages on the network thread that read them, the
+//! pool's fast path: a connection's own messages with no job at all
+//! (`Pool::answer_now`), and the jobs other network threads queued meanwhile.
 //!
 //! Handing a job to a handler thread costs a wake-up and two context
 //! switches, several times what a trivial Python handler costs to run. So a

@@ -232,6 +232,23 @@ impl Outbox {
         Pushed::Sent
     }
 
+    /// The connection has made replies to `answered` messages itself
+    /// (a plain handler answered on its own thread), to write after
+    /// whatever is queued here: a push made during the call that the socket
+    /// did not take, say. Queues `out` behind it if there is any, and tells
+    /// whether it did (then the connection writes the queue, as after a
+    /// job); otherwise `out` is the connection's to write, now.
+    pub fn queue_behind(&self, out: &[u8], answered: u64) -> bool {
+        let mut state = self.lock();
+        if !state.needs_connection() {
+            return false;
+        }
+        // Counted before the peer can see them, as replies are.
+        self.stats.answered(answered, out.len());
+        state.unwritten.extend_from_slice(out);
+        true
+    }
+
     /// Asks the connection to close once what was sent before is out.
     pub fn end(&self) {
         let mut state = self.lock();

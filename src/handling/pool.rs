@@ -12,6 +12,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -20,8 +21,9 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use crate::error::Error;
+use crate::handling::conn::Conn;
 use crate::handling::handler::{Detach, Handler};
-use crate::handling::job::{Job, Stage};
+use crate::handling::job::{Job, Replies, Stage};
 use crate::handling::lanes::{CallClock, CallCost, Claim, Lanes};
 use crate::stats::Load;
 
@@ -140,6 +142,22 @@ enum Watchdog {
     Parked,
 }
 
+/// What a plain handler answered on the spot ([`Pool::answer_now`]).
+#[derive(Debug, Default)]
+pub(crate) struct Answered {
+    /// Messages answered; their replies are in the caller's buffer.
+    pub messages: u64,
+    /// Why the answers stopped before the last message: the connection
+    /// closes once the replies before it are out.
+    pub error: Option<Error>,
+    /// The time spent inside the handler.
+    pub took: Duration,
+    /// Other network threads queued jobs for the lane meanwhile: the caller
+    /// sees to them ([`Pool::answer_left`]) as soon as its replies are
+    /// written, before it waits for anything.
+    pub left: bool,
+}
+
 impl Pool {
     /// At most `max_threads` threads at once running `handler`, on a server
     /// with `network_threads` network threads: all but one of those may
@@ -199,6 +217,56 @@ impl Pool {
             inner.watch.notify_one();
         }
         inner.unlock(pool);
+    }
+
+    /// Answers `messages` (ranges of `data`) from `conn` here and now if a
+    /// lane is free, encoding the replies into `out` by the rules of
+    /// `replies`; `None` if no lane is (the caller hands over a job). This
+    /// is [`Pool::submit`]'s fast path without the job: the connection
+    /// writes the replies itself, as it writes the echo, so that nothing is
+    /// handed over at all. Plain handlers only: a session's replies leave
+    /// through its outbox, in order with its pushes.
+    pub fn answer_now(
+        &self,
+        conn: &Conn,
+        data: &[u8],
+        messages: &[Range<usize>],
+        replies: &Replies,
+        out: &mut Vec<u8>,
+    ) -> Option<Answered> {
+        let inner = &self.inner;
+        let lane = inner.claim_lane()?;
+        inner.submitted.fetch_add(1, Relaxed);
+        // A handler asking its own server to stop must not wait for itself.
+        let _serving = Serving::enter(inner);
+        lane.serve(conn.peer(), Some(conn.outbox()));
+        let clock = lane.clock();
+        let mut answered = Answered::default();
+        inner.handler.call_here(&mut || {
+            for range in messages {
+                let message = &data[range.clone()];
+                let (reply, took) = inner.timed(clock, || inner.handler.reply(conn, message));
+                answered.took += took;
+                let encoded = match reply {
+                    Ok(reply) => replies.encode(conn.peer(), message, Ok(reply.as_deref()), out),
+                    Err(e) => replies.encode(conn.peer(), message, Err(e), out),
+                };
+                if let Err(e) = encoded {
+                    answered.error = Some(e);
+                    return;
+                }
+                answered.messages += 1;
+            }
+        });
+        answered.left = inner.leave(lane);
+        Some(answered)
+    }
+
+    /// Answers the jobs left queued when [`Pool::answer_now`] gave its lane
+    /// up: on this network thread if the lane is still free, else by
+    /// whoever holds it, or a handler thread.
+    pub fn answer_left(&self) {
+        self.inner.take_over();
     }
 
     /// Lets threads start again after [`Pool::close`]; the jobs come
@@ -429,13 +497,18 @@ impl Inner {
     /// that takes a lane for them, or, off a runtime, a handler thread.
     fn hand_on(self: &Arc<Self>) {
         let inner = self.clone();
-        let go_on = move || match inner.claim_lane() {
-            Some(lane) => inner.answer_here(None, lane),
-            None => inner.see_to_queued(),
-        };
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(async move { go_on() })),
+            Ok(runtime) => drop(runtime.spawn(async move { inner.take_over() })),
             Err(_) => self.see_to_queued(),
+        }
+    }
+
+    /// Answers queued jobs on this thread if a lane is free, else sees that
+    /// someone does.
+    fn take_over(self: &Arc<Self>) {
+        match self.claim_lane() {
+            Some(lane) => self.answer_here(None, lane),
+            None => self.see_to_queued(),
         }
     }
 
@@ -525,22 +598,18 @@ impl Inner {
         match job.stage() {
             Stage::Messages => {}
             Stage::Open => {
-                if let Err(e) = self.timed(clock, || self.handler.opened(job.conn())) {
+                if let Err(e) = self.timed(clock, || self.handler.opened(job.conn())).0 {
                     job.fail(Error::Handler(e));
                 }
                 return;
             }
-            Stage::Close => return self.timed(clock, || self.handler.closed(job.conn())),
+            Stage::Close => return self.timed(clock, || self.handler.closed(job.conn())).0,
         }
         // As `work` decides for a job's replies: with a backlog, the network
         // threads write, while this thread goes on to the next job.
         job.write_now(self.waiting.load(Relaxed) == 0);
         while let Some(message) = job.next() {
-            let started = self.now();
-            clock.start(started);
-            let reply = self.handler.reply(job.conn(), message);
-            clock.stop();
-            self.cost.record(self.now().saturating_sub(started));
+            let (reply, _) = self.timed(clock, || self.handler.reply(job.conn(), message));
             let go_on = match reply {
                 Ok(reply) => job.answer(Ok(reply.as_deref())),
                 Err(e) => job.answer(Err(e)),
@@ -551,14 +620,16 @@ impl Inner {
         }
     }
 
-    /// Runs `call`, a handler hook, on `clock` like a reply.
-    fn timed<T>(&self, clock: &CallClock, call: impl FnOnce() -> T) -> T {
+    /// Runs `call`, a handler call, on `clock`, and counts what it cost;
+    /// returns its result and how long it took.
+    fn timed<T>(&self, clock: &CallClock, call: impl FnOnce() -> T) -> (T, Duration) {
         let started = self.now();
         clock.start(started);
         let result = call();
         clock.stop();
-        self.cost.record(self.now().saturating_sub(started));
-        result
+        let took = self.now().saturating_sub(started);
+        self.cost.record(took);
+        (result, Duration::from_nanos(took))
     }
 
     /// Nanoseconds since the epoch: what call clocks count in.

@@ -17,7 +17,7 @@ use crate::handling::bridge::LoopBridge;
 use crate::handling::conn::Conn;
 use crate::handling::handler::Handler;
 use crate::handling::job::{Job, Replies, Stage};
-use crate::handling::pool::Pool;
+use crate::handling::pool::{Answered, Pool};
 use crate::handling::reactor::Reactor;
 use crate::protocol::Codec;
 use crate::stats::Load;
@@ -90,6 +90,32 @@ impl Runner {
         match &self.kind {
             Kind::Pool(pool) => pool.submit(job),
             Kind::Loop(bridge) => bridge.submit(job),
+        }
+    }
+
+    /// Answers `messages` (ranges of `data`) from `conn` on this network
+    /// thread, with no hand-over, when a plain handler runs on a pool and a
+    /// lane is free (see [`Pool::answer_now`]); the replies are appended to
+    /// `out`, for the caller to write. `None`: submit a job instead.
+    pub fn answer_now(
+        &self,
+        conn: &Conn,
+        data: &[u8],
+        messages: &[Range<usize>],
+        out: &mut Vec<u8>,
+    ) -> Option<Answered> {
+        match &self.kind {
+            Kind::Pool(pool) if !self.replies.session => {
+                pool.answer_now(conn, data, messages, &self.replies, out)
+            }
+            _ => None,
+        }
+    }
+
+    /// Sees to the jobs [`Runner::answer_now`] left queued (it said `left`).
+    pub fn answer_left(&self) {
+        if let Kind::Pool(pool) = &self.kind {
+            pool.answer_left();
         }
     }
 

@@ -1,8 +1,9 @@
 //! Answering the whole messages at the front of a connection's buffer: the
 //! echo, written back with its prefix; the no-prefix pass-through, written
-//! straight from the read buffer; or one job for the handler, whose replies
-//! come back through the outbox. `bye` and refused frames are answered here,
-//! never by the handler.
+//! straight from the read buffer; or the handler's replies, made here and
+//! written like the echo when a quick handler has a free lane, else one job
+//! whose replies come back through the outbox. `bye` and refused frames are
+//! answered here, never by the handler.
 
 use bytes::{Buf, BytesMut};
 use log::log;
@@ -10,6 +11,7 @@ use log::log;
 use super::connection::{Batch, Connection, End, FLUSH_AT};
 use crate::error::Result;
 use crate::handling::job::Stage;
+use crate::handling::pool::Answered;
 use crate::handling::runner::Runner;
 use crate::protocol::{BYE_REPLY, Decoded, Protocol, Reply, is_bye};
 use crate::socket::Socket;
@@ -143,14 +145,27 @@ impl<S: Socket> Connection<'_, S> {
             }
             messages.push(payload);
         }
-        let data = inbuf.split_to(cut).freeze();
         batch.taken = messages.len() as u64;
-        if !messages.is_empty() {
+        if messages.is_empty() {
+            inbuf.advance(cut);
+        } else {
             // One job in flight per connection: replies stay in order.
-            self.settle().await?;
+            if self.owes() {
+                self.settle().await?;
+            }
             let conn = self.conn();
-            conn.outbox().begin();
-            runner.submit(conn, Stage::Messages, data, messages);
+            let mut out = Vec::new();
+            match runner.answer_now(conn, &inbuf[..cut], &messages, &mut out) {
+                Some(answered) => {
+                    inbuf.advance(cut);
+                    self.write_answered(runner, answered, out).await?;
+                }
+                None => {
+                    let conn = conn.clone();
+                    let data = inbuf.split_to(cut).freeze();
+                    self.hand_over(runner, conn, Stage::Messages, data, messages);
+                }
+            }
         }
         if bye || refused.is_some() || batch.end.is_some() {
             // What ends the session goes out after every reply owed.
@@ -168,6 +183,46 @@ impl<S: Socket> Connection<'_, S> {
             return Err(e);
         }
         Ok(batch)
+    }
+
+    /// Writes the replies a plain handler made on this thread
+    /// ([`Runner::answer_now`]), after anything its calls queued in the
+    /// outbox; the jobs other connections queued meanwhile are answered as
+    /// soon as the socket has taken what it takes at once. Then reports
+    /// the failure that stopped the answers, if one did.
+    async fn write_answered(
+        &mut self,
+        runner: &Runner,
+        answered: Answered,
+        out: Vec<u8>,
+    ) -> Result<()> {
+        self.shared.stats.handled(answered.took);
+        let queued = self
+            .outbox()
+            .is_some_and(|outbox| outbox.queue_behind(&out, answered.messages));
+        let written = if queued {
+            if answered.left {
+                runner.answer_left();
+            }
+            let delivered = self.outbox().map(|o| o.take()).unwrap_or_default();
+            self.absorb(delivered).await
+        } else {
+            // Counted before the peer can see the replies, as `flush` does.
+            self.shared.stats.answered(answered.messages, out.len());
+            let now = self.transport.write_now(&out);
+            if answered.left {
+                runner.answer_left();
+            }
+            match now {
+                Ok(n) if n < out.len() => self.write_rest(&out[n..]).await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        };
+        match answered.error {
+            None => written,
+            error => self.report(written, error).await,
+        }
     }
 
     pub(super) fn log_message(&self, message: &[u8]) {

@@ -5,8 +5,10 @@
 //! and a socket each, not a buffer each. Every wait is bounded: between
 //! messages by the idle timeout, within a message by the message timeout,
 //! while writing by the write timeout. With a handler, the whole messages of
-//! a batch go to the runner as one job and the replies come back through the
-//! connection's outbox; `bye` and the echo never wait on the handler.
+//! a batch are answered on the spot when the handler is quick and a lane is
+//! free (the connection writes the replies, as it writes the echo), or go to
+//! the runner as one job whose replies come back through the connection's
+//! outbox; `bye` and the echo never wait on the handler.
 
 use std::future::pending;
 use std::io;
@@ -198,6 +200,7 @@ pub(crate) async fn serve<S: Socket>(
                 conn: None,
                 opened: false,
                 ended: false,
+                owed: false,
                 registered: &registered,
                 place: Some(place.permit),
                 slot: None,
@@ -289,6 +292,11 @@ pub(super) struct Connection<'a, S> {
     pub(super) opened: bool,
     /// The session asked to close the connection.
     pub(super) ended: bool,
+    /// A job was handed over and its settlement not yet collected
+    /// ([`Connection::settle`]). Until then the outbox may have something
+    /// for the connection; after, a plain handler's has nothing (its calls'
+    /// bytes come back with their job, or are written at once).
+    pub(super) owed: bool,
     /// This connection's standing, as a server short of room sees it.
     pub(super) registered: &'a Registered<'a>,
     /// The handshake place held while opening; given back with a slot.
@@ -375,6 +383,11 @@ impl<S: Socket> Connection<'_, S> {
             if let Some(end) = batch.end {
                 return Ok(end);
             }
+            // The handler closed the connection while answering on this
+            // thread: no need to wait for the outbox to say so.
+            if self.ended {
+                return Ok(End::Session);
+            }
 
             // The clock, read once per wait: timers and the idle mark share it.
             let armed = Instant::now();
@@ -403,7 +416,9 @@ impl<S: Socket> Connection<'_, S> {
                 (inbuf.len() + batch.needed).min(cap)
             });
             let woken = {
-                let outbox = self.outbox().cloned();
+                // A plain handler's outbox needs the connection only while a
+                // job is owed: looking costs a wake-up's registration.
+                let outbox = self.outbox().filter(|_| self.owes()).cloned();
                 let needed = async {
                     match &outbox {
                         Some(outbox) => outbox.needed().await,
@@ -560,6 +575,9 @@ impl<S: Socket> Connection<'_, S> {
     /// the pool left; once shutdown is asked, waits at most the shutdown
     /// timeout more.
     pub(super) async fn settle(&mut self) -> Result<()> {
+        if !self.owes() {
+            return Ok(());
+        }
         let Some(outbox) = self.outbox().cloned() else {
             return Ok(());
         };
@@ -580,13 +598,14 @@ impl<S: Socket> Connection<'_, S> {
                 }
             }
         };
+        self.owed = false;
         self.absorb(delivered).await
     }
 
     /// Counts what the pool answered, writes the replies it could not, and
     /// reports the failure that stopped a job, where the protocol has a way
     /// to say it.
-    async fn absorb(&mut self, delivered: Delivered) -> Result<()> {
+    pub(super) async fn absorb(&mut self, delivered: Delivered) -> Result<()> {
         // The outbox has counted these replies already.
         let Delivered {
             mut unwritten,
@@ -611,6 +630,13 @@ impl<S: Socket> Connection<'_, S> {
             error = error.or(more.error);
             self.ended |= more.ended;
         };
+        self.report(written, error).await
+    }
+
+    /// After replies were written (`written`), reports `error`, the failure
+    /// that stopped the handler's answers, where the protocol has a way to
+    /// say it; the connection then closes with it.
+    pub(super) async fn report(&mut self, written: Result<()>, error: Option<Error>) -> Result<()> {
         match error {
             None => written,
             Some(error @ Error::MessageTooLarge { .. }) => {
@@ -653,7 +679,7 @@ impl<S: Socket> Connection<'_, S> {
 
     /// Writes what the socket did not take at once, bounded by the write
     /// timeout and, once shutdown is asked, by a short grace period.
-    async fn write_rest(&mut self, rest: &[u8]) -> Result<()> {
+    pub(super) async fn write_rest(&mut self, rest: &[u8]) -> Result<()> {
         let config = &self.shared.config;
         let write = until(
             config.write_timeout.map(|t| Instant::now() + t),
