@@ -362,7 +362,10 @@ impl Handler for Noter {
     ) -> Result<Option<Vec<u8>>, String> {
         let name = thread::current().name().unwrap_or_default().to_owned();
         self.threads.lock().unwrap().push(name);
-        assert!(conn.send(&vec![b'n'; NOTE]).unwrap(), "the note was refused");
+        assert!(
+            conn.send(&vec![b'n'; NOTE]).unwrap(),
+            "the note was refused"
+        );
         Ok(Some(message.to_ascii_uppercase()))
     }
 }

@@ -9,12 +9,23 @@ use bytes::{Buf, BytesMut};
 use log::log;
 
 use super::connection::{Batch, Connection, End, FLUSH_AT};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handling::job::Stage;
 use crate::handling::pool::Answered;
 use crate::handling::runner::Runner;
 use crate::protocol::{BYE_REPLY, Decoded, Protocol, Reply, is_bye};
 use crate::socket::Socket;
+
+/// What is left of the replies a handler made on the connection's thread
+/// once the socket has taken what it takes at once.
+enum Unsent {
+    /// Nothing: all written.
+    Nothing,
+    /// They wait in the outbox, behind what the handler sent.
+    Queued,
+    /// Everything from this offset on.
+    From(usize),
+}
 
 impl<S: Socket> Connection<'_, S> {
     /// Answers every whole message at the front of `inbuf` with the echo,
@@ -158,7 +169,12 @@ impl<S: Socket> Connection<'_, S> {
             match runner.answer_now(conn, &inbuf[..cut], &messages, &mut out) {
                 Some(answered) => {
                     inbuf.advance(cut);
-                    self.write_answered(runner, answered, out).await?;
+                    // Written at once, with no failure to report: the usual
+                    // case needs no waiting at all.
+                    let unsent = self.send_answered(runner, &answered, &out);
+                    if !matches!(unsent, Ok(Unsent::Nothing)) || answered.error.is_some() {
+                        self.finish_answered(unsent, answered.error, out).await?;
+                    }
                 }
                 None => {
                     let conn = conn.clone();
@@ -185,44 +201,58 @@ impl<S: Socket> Connection<'_, S> {
         Ok(batch)
     }
 
-    /// Writes the replies a plain handler made on this thread
-    /// ([`Runner::answer_now`]), after anything its calls queued in the
-    /// outbox; the jobs other connections queued meanwhile are answered as
-    /// soon as the socket has taken what it takes at once. Then reports
-    /// the failure that stopped the answers, if one did.
-    async fn write_answered(
+    /// Sends the replies a plain handler made on this thread
+    /// ([`Runner::answer_now`]) as far as that needs no waiting: behind
+    /// anything its calls queued in the outbox, else straight into the
+    /// socket, as much as it takes at once. Then the jobs other connections
+    /// queued meanwhile are answered, before this connection waits for
+    /// anything. The rest is [`Connection::finish_answered`]'s.
+    fn send_answered(
         &mut self,
         runner: &Runner,
-        answered: Answered,
-        out: Vec<u8>,
-    ) -> Result<()> {
-        self.shared.stats.handled(answered.took);
+        answered: &Answered,
+        out: &[u8],
+    ) -> Result<Unsent> {
+        let stats = &self.shared.stats;
+        stats.handled(answered.took);
         let queued = self
             .outbox()
-            .is_some_and(|outbox| outbox.queue_behind(&out, answered.messages));
-        let written = if queued {
-            if answered.left {
-                runner.answer_left();
-            }
-            let delivered = self.outbox().map(|o| o.take()).unwrap_or_default();
-            self.absorb(delivered).await
+            .is_some_and(|outbox| outbox.queue_behind(out, answered.messages));
+        let unsent = if queued {
+            Ok(Unsent::Queued)
         } else {
             // Counted before the peer can see the replies, as `flush` does.
-            self.shared.stats.answered(answered.messages, out.len());
-            let now = self.transport.write_now(&out);
-            if answered.left {
-                runner.answer_left();
-            }
-            match now {
-                Ok(n) if n < out.len() => self.write_rest(&out[n..]).await,
-                Ok(_) => Ok(()),
+            stats.answered(answered.messages, out.len());
+            match self.transport.write_now(out) {
+                Ok(n) if n < out.len() => Ok(Unsent::From(n)),
+                Ok(_) => Ok(Unsent::Nothing),
                 Err(e) => Err(e.into()),
             }
         };
-        match answered.error {
-            None => written,
-            error => self.report(written, error).await,
+        if answered.left {
+            runner.answer_left();
         }
+        unsent
+    }
+
+    /// Writes what [`Connection::send_answered`] could not send at once,
+    /// then reports `error`, the failure that stopped the answers, if any.
+    async fn finish_answered(
+        &mut self,
+        unsent: Result<Unsent>,
+        error: Option<Error>,
+        out: Vec<u8>,
+    ) -> Result<()> {
+        let written = match unsent {
+            Ok(Unsent::Nothing) => Ok(()),
+            Ok(Unsent::Queued) => {
+                let delivered = self.outbox().map(|o| o.take()).unwrap_or_default();
+                self.absorb(delivered).await
+            }
+            Ok(Unsent::From(n)) => self.write_rest(&out[n..]).await,
+            Err(e) => Err(e),
+        };
+        self.report(written, error).await
     }
 
     pub(super) fn log_message(&self, message: &[u8]) {
