@@ -213,12 +213,17 @@ impl Lanes {
         if !self.open.load(Relaxed) {
             return None;
         }
+        // Looked at before it is tried: a failed compare-and-swap still
+        // takes the cache line from the thread holding the lane, which then
+        // waits for it at every step of its call.
         self.lanes
             .iter()
             .find(|lane| {
-                lane.taken
-                    .compare_exchange(false, true, SeqCst, Relaxed)
-                    .is_ok()
+                !lane.taken.load(Relaxed)
+                    && lane
+                        .taken
+                        .compare_exchange(false, true, SeqCst, Relaxed)
+                        .is_ok()
             })
             .map(|lane| Claim { lane })
     }

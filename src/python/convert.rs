@@ -108,10 +108,22 @@ pub(super) fn encode_text(text: &Bound<'_, PyString>) -> PyResult<Vec<u8>> {
     }
 }
 
+/// UTF-8 with `surrogateescape`, in one pass of CPython's own decoder: no
+/// check beforehand, no codec lookup for the bytes that are not UTF-8.
 pub(super) fn decode_text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => Ok(PyString::new(py, s).into_any()),
-        Err(_) => PyBytes::new(py, bytes).call_method1("decode", ("utf-8", "surrogateescape")),
+    let len = pyo3::ffi::Py_ssize_t::try_from(bytes.len())
+        .map_err(|_| PyValueError::new_err("message too large for a str"))?;
+    // SAFETY: the interpreter is attached (`py`); `bytes` is valid for
+    // `len` bytes during the call, which copies them; the error handler's
+    // name is a NUL-terminated string. The result is a new reference, or
+    // NULL with an exception set, which `from_owned_ptr_or_err` takes.
+    unsafe {
+        let text = pyo3::ffi::PyUnicode_DecodeUTF8(
+            bytes.as_ptr().cast(),
+            len,
+            c"surrogateescape".as_ptr(),
+        );
+        Bound::from_owned_ptr_or_err(py, text)
     }
 }
 
