@@ -11,8 +11,7 @@ use log::log;
 use super::connection::{Batch, Connection, End, FLUSH_AT};
 use crate::error::{Error, Result};
 use crate::handling::job::Stage;
-use crate::handling::pool::Answered;
-use crate::handling::runner::Runner;
+use crate::handling::runner::{Answered, Runner};
 use crate::protocol::{BYE_REPLY, Decoded, Protocol, Reply, is_bye};
 use crate::socket::Socket;
 
