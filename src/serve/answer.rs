@@ -160,6 +160,8 @@ impl<S: Socket> Connection<'_, S> {
             inbuf.advance(cut);
         } else {
             // One job in flight per connection: replies stay in order.
+            // (Asked here as well as inside `settle`, so that the usual
+            // answer, with nothing owed, enters no await at all.)
             if self.owes() {
                 self.settle().await?;
             }
