@@ -227,6 +227,9 @@ class Sample:
     errors: int
     # The load generator's CPU (this process) per request.
     load_cpu_us_per_request: float = float("nan")
+    # A slow handler's call, timed in this process around the run: the
+    # machine's speed drifts over minutes, so a bound is paired with its round.
+    call_us: float = float("nan")
 
 
 @dataclass
@@ -307,7 +310,7 @@ def _own_cpu_seconds() -> float:
 BOUNDED_HANDLERS = ("busy",)
 
 
-def handler_microseconds(name: str, size: int, rounds: int = 5, calls: int = 20_000) -> float:
+def handler_microseconds(name: str, size: int, rounds: int = 3, calls: int = 5_000) -> float:
     """What one call of handlers.py's `name` costs in this interpreter, on a
     message of `size` bytes: the best of `rounds` timings of `calls` calls."""
     import timeit
@@ -318,6 +321,11 @@ def handler_microseconds(name: str, size: int, rounds: int = 5, calls: int = 20_
     message = "x" * size
     best = min(timeit.repeat(lambda: function(message), number=calls, repeat=rounds))
     return best / calls * 1e6
+
+
+def with_spread(values: list[float]) -> str:
+    """``median (min-max)`` of ratios."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def bounds(rows: list[Row]) -> list[str]:
@@ -332,6 +340,11 @@ def bounds(rows: list[Row]) -> list[str]:
     cores / (handler + that work). That work costs more per request at the
     handler's lower rate (fewer events per wake-up), so the machine bound
     is an optimistic one.
+
+    Each round is set against its own bounds: the call timed around that
+    round's run, the network work from the echo's run in the same round.
+    A machine whose speed drifts between rounds (a shared one) then moves
+    the bound and the figure together.
     """
     by_key = {(r.workload, r.server): r for r in rows}
     cores = len(os.sched_getaffinity(0))
@@ -343,16 +356,28 @@ def bounds(rows: list[Row]) -> list[str]:
         echo = by_key.get((workload, "sockdemo echo (ceiling)"))
         if served is None or not served.samples:
             continue
-        call = handler_microseconds(workload.handler, workload.size)
-        one_core = 1e6 / call
-        rps = served.median("rps")
+        of_one_core = [s.rps * s.call_us / 1e6 for s in served.samples]
+        of_machine = [
+            sample.rps * (sample.call_us + network) / (cores * 1e6)
+            for r, sample in served.by_round.items()
+            if echo is not None and r in echo.by_round
+            for network in [
+                echo.by_round[r].cpu_us_per_request + echo.by_round[r].load_cpu_us_per_request
+            ]
+        ]
+        call = served.median("call_us")
         line = (
-            f"| {workload.name} | {call:.1f} | {one_core:,.0f} | {rps:,.0f} | {rps / one_core:.2f}"
+            f"| {workload.name} | {call:.1f} ({served.spread('call_us', '.1f')}) "
+            f"| {1e6 / call:,.0f} | {served.median('rps'):,.0f} "
+            f"| {with_spread(of_one_core)}"
         )
-        if echo is not None and echo.samples:
+        if of_machine:
+            assert echo is not None
             network = echo.median("cpu_us_per_request") + echo.median("load_cpu_us_per_request")
-            machine_bound = cores * 1e6 / (call + network)
-            line += f" | {network:.1f} | {machine_bound:,.0f} | {rps / machine_bound:.2f} |"
+            line += (
+                f" | {network:.1f} | {cores * 1e6 / (call + network):,.0f} "
+                f"| {with_spread(of_machine)} |"
+            )
         else:
             line += " | - | - | - |"
         lines.append(line)
@@ -361,10 +386,11 @@ def bounds(rows: list[Row]) -> list[str]:
     return [
         "",
         f"The slow handler against its bounds: one core running nothing but the handler "
-        f"(its calls timed in this process), and the whole machine ({cores} cores), where "
-        "each request also costs the network work of the server and of the load generator "
-        "(CPU per request of sockdemo's echo on the same workload, both sides): at most "
-        "cores / (handler + network work).",
+        f"(its calls timed in this process around each round's run), and the whole machine "
+        f"({cores} cores), where each request also costs the network work of the server and "
+        "of the load generator (CPU per request of sockdemo's echo on the same workload, both "
+        "sides): at most cores / (handler + network work). Each round is set against its own "
+        "bounds; medians with their spread over rounds.",
         "",
         "| workload | handler µs/call | one-core bound req/s | sockdemo + handler req/s "
         "| of one-core bound | network CPU µs/req (server + load) | machine bound req/s "
@@ -687,8 +713,16 @@ def main() -> int:
             names = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in names:
                 row = next(r for r in rows if r.workload == workload and r.server == name)
+                # A slow handler's call is timed around sockdemo's run with it.
+                timed = workload.handler if name == "sockdemo + handler" else None
+                if timed not in BOUNDED_HANDLERS:
+                    timed = None
                 try:
+                    before = handler_microseconds(timed, workload.size) if timed else 0.0
                     sample = measure(contenders[name], workload, args.duration, server_cores)
+                    if timed:
+                        after = handler_microseconds(timed, workload.size)
+                        sample.call_us = (before + after) / 2
                 except Exception as exc:  # a contender that cannot take the load
                     print(f"  {workload.name:28} {name:20} failed: {exc}", file=sys.stderr)
                     row.failures.append(f"round {round_ + 1}: {exc}")
