@@ -174,7 +174,8 @@ impl<S: Socket> Connection<'_, S> {
                     // case needs no waiting at all.
                     let unsent = self.send_answered(runner, &answered, &out);
                     if !matches!(unsent, Ok(Unsent::Nothing)) || answered.error.is_some() {
-                        self.finish_answered(unsent, answered.error, out).await?;
+                        // Boxed, being rare (see `Connection::refuse`).
+                        Box::pin(self.finish_answered(unsent, answered.error, out)).await?;
                     }
                 }
                 None => {

@@ -357,7 +357,8 @@ impl<S: Socket> Connection<'_, S> {
             if !self.take_seat().await {
                 return Ok(End::Shutdown);
             }
-            self.open_session(runner).await?;
+            // Boxed, once per connection: see `refuse`.
+            Box::pin(self.open_session(runner)).await?;
         }
         loop {
             if self.ended {
@@ -702,7 +703,14 @@ impl<S: Socket> Connection<'_, S> {
     /// Tells the peer why its message is refused, as one message in its own
     /// protocol, after the replies already due. Best effort: the connection
     /// is closing anyway.
-    pub(super) async fn refuse(&mut self, error: &Error, mut out: Vec<u8>, answered: u64) {
+    pub(super) async fn refuse(&mut self, error: &Error, out: Vec<u8>, answered: u64) {
+        // Boxed, being rare: a connection's task is as large as the largest
+        // future it may ever await, and a refusal's write would add hundreds
+        // of bytes to every connection (`a_connection_task_stays_small`).
+        Box::pin(self.send_refusal(error, out, answered)).await;
+    }
+
+    async fn send_refusal(&mut self, error: &Error, mut out: Vec<u8>, answered: u64) {
         let text = format!("Error: {error}");
         if self
             .shared
@@ -730,5 +738,24 @@ impl<S: Socket> Connection<'_, S> {
             self.transport.drain(MAX_READ),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, C, D, E, G, R>(_f: impl FnOnce(A, B, C, D, E, G) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn a_connection_task_stays_small() {
+        // Every connection's task is as large as the largest future it may
+        // ever await, used or not: 9,000 idle connections pay for each byte
+        // 9,000 times. Rare, large steps are boxed (`refuse`).
+        let size = returned_size(serve::<tokio::net::TcpStream>);
+        assert!(size <= 2048, "a connection's future is {size} bytes");
     }
 }
