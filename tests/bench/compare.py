@@ -357,14 +357,12 @@ def bounds(rows: list[Row]) -> list[str]:
         if served is None or not served.samples:
             continue
         of_one_core = [s.rps * s.call_us / 1e6 for s in served.samples]
-        of_machine = [
-            sample.rps * (sample.call_us + network) / (cores * 1e6)
-            for r, sample in served.by_round.items()
-            if echo is not None and r in echo.by_round
-            for network in [
-                echo.by_round[r].cpu_us_per_request + echo.by_round[r].load_cpu_us_per_request
-            ]
-        ]
+        of_machine = []
+        for r, sample in served.by_round.items():
+            same_round = echo.by_round.get(r) if echo is not None else None
+            if same_round is not None:
+                network = same_round.cpu_us_per_request + same_round.load_cpu_us_per_request
+                of_machine.append(sample.rps * (sample.call_us + network) / (cores * 1e6))
         call = served.median("call_us")
         line = (
             f"| {workload.name} | {call:.1f} ({served.spread('call_us', '.1f')}) "
@@ -714,9 +712,8 @@ def main() -> int:
             for name in names:
                 row = next(r for r in rows if r.workload == workload and r.server == name)
                 # A slow handler's call is timed around sockdemo's run with it.
-                timed = workload.handler if name == "sockdemo + handler" else None
-                if timed not in BOUNDED_HANDLERS:
-                    timed = None
+                bounded = workload.handler in BOUNDED_HANDLERS and name == "sockdemo + handler"
+                timed = workload.handler if bounded else None
                 try:
                     before = handler_microseconds(timed, workload.size) if timed else 0.0
                     sample = measure(contenders[name], workload, args.duration, server_cores)
