@@ -150,6 +150,9 @@ def test_server_can_serve_again_after_shutdown(serve) -> None:
     server = serve()
     port = server.server_address[1]
     server.shutdown()
+    # Stopped means not listening: refused, not queued.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
     server.start()
     with sockdemo.Client("127.0.0.1", port, timeout=5) as client:
         assert client.request("again") == "Server received: again"

@@ -258,6 +258,40 @@ def test_shutdown_sends_the_replies_of_handlers_still_running(serve, gate, caplo
     assert not done.is_alive()
 
 
+def test_shutdown_refuses_new_clients_while_it_drains(serve, gate, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="sockdemo")
+    server = serve(handler=gate, shutdown_timeout=10)
+    sock = connect(server)
+    sock.sendall(b"hold on")
+    gate.wait_entered(1)
+    done = threading.Thread(target=server.shutdown)
+    done.start()
+    wait_until(lambda: "Draining 1 connections" in caplog.text)
+    # Refused at once, not queued for a server that accepts no more.
+    with pytest.raises(ConnectionRefusedError):
+        connect(server)
+    gate.opened.set()
+    assert read_until_closed(sock) == PREFIX + b"hold on"
+    sock.close()
+    done.join(10)
+    assert not done.is_alive()
+
+
+def test_clients_connected_before_shutdown_but_not_yet_accepted_are_answered() -> None:
+    server = sockdemo.Server(port=0)
+    # Listening but not serving yet: the kernel completes these connections
+    # and queues them for the server to accept.
+    socks = [connect(server) for _ in range(3)]
+    for i, sock in enumerate(socks):
+        sock.sendall(f"early {i}".encode())
+    server.start()
+    server.shutdown()
+    for i, sock in enumerate(socks):
+        assert read_until_closed(sock) == PREFIX + f"early {i}".encode()
+        sock.close()
+    server.server_close()
+
+
 def test_a_handler_that_shuts_the_server_down_gets_its_reply_out(serve) -> None:
     servers: list[sockdemo.Server] = []
 

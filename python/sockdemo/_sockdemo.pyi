@@ -196,10 +196,11 @@ class Server:
     def start(self) -> None:
         """Serves in the background (on Rust threads) and returns at once."""
     def shutdown(self) -> None:
-        """Stops serving: no new clients, replies in flight go out, every
-        connection closes. Returns when that is done, waiting for handlers
-        still running at most ``shutdown_timeout``. Safe from any thread; from
-        inside a handler it only asks, and the handler's reply still goes out."""
+        """Stops serving: the port refuses new clients at once (``start()``
+        listens again), replies in flight go out, every connection closes.
+        Returns when that is done, waiting for handlers still running at
+        most ``shutdown_timeout``. Safe from any thread; from inside a
+        handler it only asks, and the handler's reply still goes out."""
     def server_close(self) -> None:
         """Shuts down if serving, then releases the listening socket."""
     def broadcast(self, message: str | bytes, exclude: object = None) -> int:

@@ -235,8 +235,9 @@ class Supervisor:
         self.say(f"Reloading: replacing {self.count} workers one at a time.")
         if _migrate_req() == "0":
             self.say(
-                "Note: net.ipv4.tcp_migrate_req is 0, so connections still queued on a "
-                "draining worker's listener are reset; set it to 1 for reloads that lose none."
+                "Note: net.ipv4.tcp_migrate_req is 0, so a connection still in its handshake "
+                "as a draining worker's listener closes is reset; set it to 1 for reloads "
+                "that lose none."
             )
         for i, old in enumerate(self.workers):
             new = Worker(i + 1, self.options, self.say, self.command)

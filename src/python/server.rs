@@ -229,10 +229,11 @@ impl Server {
             .map_err(|e| to_py(py, e, None))
     }
 
-    /// Stops accepting, lets replies in flight go out (waiting for running
-    /// handlers at most `shutdown_timeout`), closes every connection, then
-    /// returns. Ctrl+C while it waits stops at once. From inside a handler
-    /// it only asks the server to stop, and returns.
+    /// Stops listening at once (new clients are refused; `start()` listens
+    /// again), lets replies in flight go out (waiting for running handlers at
+    /// most `shutdown_timeout`), closes every connection, then returns.
+    /// Ctrl+C while it waits stops at once. From inside a handler it only
+    /// asks the server to stop, and returns.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         self.inner.stop();
         self.drain(py)

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admission::Place;
 use super::config::Mode;
 use super::connection::{self, Session, Shared};
 use crate::address::py_address;
@@ -63,28 +64,26 @@ pub(crate) async fn run(
         let Some(place) = shared.admission.place(&shutdown).await else {
             break Ok(());
         };
-        let (shared, shutdown) = (shared.clone(), shutdown.clone());
-        match shared.runner.as_ref().and_then(Runner::reactor).cloned() {
-            // The handler's event loop serves the connection too.
-            Some(reactor) => match stream.into_std().and_then(|s| reactor.adopt(s)) {
-                Ok(stream) => {
-                    let served = tracker.track_future(async move {
-                        connection::serve(stream, peer, place, shared, session, shutdown).await;
-                    });
-                    reactor.spawn(tokio::runtime::Handle::current(), served);
-                }
-                Err(e) => warn!("Connection from {} dropped: {e}", py_address(peer)),
-            },
-            None => {
-                tracker.spawn(async move {
-                    connection::serve(stream, peer, place, shared, session, shutdown).await;
-                });
-            }
-        }
+        welcome(stream, peer, place, &shared, session, &shutdown, &tracker);
         if matches!(mode, Mode::Once { .. }) {
             break Ok(());
         }
     };
+    if shutdown.is_cancelled() {
+        // Stop listening now rather than after the drain, which may take
+        // the whole shutdown timeout: meanwhile the kernel would go on
+        // completing connections that nobody accepts, to reset them at the
+        // end (or, in a `--workers` group, hand them late to another
+        // worker). Those it has completed already were told they are
+        // connected: they are served like any accepted a moment before
+        // shutdown, whose first message still gets its answer.
+        for (stream, peer) in queued(listener, shared.config.backlog) {
+            let Some(place) = shared.admission.place(&shutdown).await else {
+                break;
+            };
+            welcome(stream, peer, place, &shared, session, &shutdown, &tracker);
+        }
+    }
     tracker.close();
     if !tracker.is_empty() {
         debug!("Draining {} connections.", tracker.len());
@@ -106,6 +105,62 @@ pub(crate) async fn run(
         runner.close();
     }
     result
+}
+
+/// Starts serving one accepted connection, on the handler's event loop if
+/// it has one.
+fn welcome(
+    stream: TcpStream,
+    peer: SocketAddr,
+    place: Place,
+    shared: &Arc<Shared>,
+    session: Session,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let (shared, shutdown) = (shared.clone(), shutdown.clone());
+    match shared.runner.as_ref().and_then(Runner::reactor).cloned() {
+        // The handler's event loop serves the connection too.
+        Some(reactor) => match stream.into_std().and_then(|s| reactor.adopt(s)) {
+            Ok(stream) => {
+                let served = tracker.track_future(async move {
+                    connection::serve(stream, peer, place, shared, session, shutdown).await;
+                });
+                reactor.spawn(tokio::runtime::Handle::current(), served);
+            }
+            Err(e) => warn!("Connection from {} dropped: {e}", py_address(peer)),
+        },
+        None => {
+            tracker.spawn(async move {
+                connection::serve(stream, peer, place, shared, session, shutdown).await;
+            });
+        }
+    }
+}
+
+/// Closes `listener` (this handle of it), first taking the connections the
+/// kernel has completed for it, at most one backlog's worth (more may keep
+/// arriving until the last handle closes). Asked of the socket itself, not
+/// of tokio's record of its readiness, which may not have heard of the last
+/// ones yet.
+fn queued(listener: TcpListener, backlog: i32) -> Vec<(TcpStream, SocketAddr)> {
+    let mut queued = Vec::new();
+    let Ok(listener) = listener.into_std() else {
+        return queued;
+    };
+    for _ in 0..backlog {
+        let Ok((stream, peer)) = listener.accept() else {
+            break;
+        };
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream));
+        match stream {
+            Ok(stream) => queued.push((stream, peer)),
+            Err(e) => warn!("Connection from {} dropped: {e}", py_address(peer)),
+        }
+    }
+    queued
 }
 
 /// Returns once shutdown has waited its grace period and every connection
@@ -244,7 +299,7 @@ pub fn bind(host: &str, port: u16, backlog: i32, reuse_port: bool) -> Result<Std
     addrs.sort_by_key(SocketAddr::is_ipv6);
     let mut last = None;
     for addr in addrs {
-        match bind_one(addr, backlog, reuse_port) {
+        match listen(addr, backlog, reuse_port) {
             Ok(listener) => return Ok(listener),
             Err(e) => last = Some(e),
         }
@@ -257,7 +312,8 @@ pub fn bind(host: &str, port: u16, backlog: i32, reuse_port: bool) -> Result<Std
     })))
 }
 
-fn bind_one(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<StdListener> {
+/// Listens on `addr` exactly, as [`bind`] does on each address it tries.
+pub(super) fn listen(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<StdListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     #[cfg(unix)]
     socket.set_reuse_address(true)?;

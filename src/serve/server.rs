@@ -18,7 +18,7 @@ use super::admission::Admission;
 use super::budget::Budget;
 use super::config::{Config, Mode};
 use super::connection::Shared;
-use super::engine::{bind, network_threads, run};
+use super::engine::{bind, listen, network_threads, run};
 use super::hub::Hub;
 use crate::error::{Error, Result};
 use crate::handling::{RunOn, Runner};
@@ -36,7 +36,12 @@ pub struct Server {
 }
 
 struct State {
+    /// The listening socket while the server listens. Shutdown closes it at
+    /// once, so clients are refused rather than queued for nobody; serving
+    /// again listens on the same address anew.
     listener: Option<StdListener>,
+    /// Closed for good (`close`): starting again is `EBADF`.
+    closed: bool,
     runtime: Option<Runtime>,
     running: Option<Running>,
 }
@@ -101,6 +106,7 @@ impl Server {
             local_addr,
             state: Mutex::new(State {
                 listener: Some(listener),
+                closed: false,
                 runtime: None,
                 running: None,
             }),
@@ -162,8 +168,16 @@ impl Server {
         if state.running.as_ref().is_some_and(|r| !r.done.is_done()) {
             return Err(Error::invalid("the server is already serving"));
         }
-        let Some(listener) = &state.listener else {
+        if state.closed {
             return Err(Error::Io(io::Error::from_raw_os_error(9))); // EBADF, as a closed socket says
+        }
+        let listener = match &state.listener {
+            Some(listener) => listener,
+            None => {
+                let config = &self.shared.config;
+                let again = listen(self.local_addr, config.backlog, config.reuse_port)?;
+                state.listener.insert(again)
+            }
         };
         let listener = listener.try_clone()?;
         let runtime = match state.runtime.take() {
@@ -212,12 +226,15 @@ impl Server {
     /// Asks the server to stop (as [`Server::shutdown`]) without waiting;
     /// [`Server::wait`] tells when it has.
     pub fn stop(&self) {
-        if let Some(running) = &self.state().running {
+        let mut state = self.state();
+        if let Some(running) = &state.running {
             running.shutdown.cancel();
+            state.listener = None;
         }
     }
 
-    /// Stops accepting, lets replies in flight go out (waiting for running
+    /// Stops listening (new clients are refused from now on; starting again
+    /// listens anew), lets replies in flight go out (waiting for running
     /// handlers up to the shutdown timeout), closes every connection, and
     /// returns once all of that is done. Idempotent.
     ///
@@ -228,7 +245,14 @@ impl Server {
         if self.on_handler_thread() {
             return self.stop();
         }
-        let running = self.state().running.take();
+        let running = {
+            let mut state = self.state();
+            let running = state.running.take();
+            if running.is_some() {
+                state.listener = None;
+            }
+            running
+        };
         if let Some(running) = running {
             running.shutdown.cancel();
             running.done.wait(None);
@@ -241,6 +265,7 @@ impl Server {
         let mut state = self.state();
         if let Some(running) = state.running.take() {
             running.shutdown.cancel();
+            state.listener = None;
         }
         if let Some(runner) = &self.shared.runner {
             runner.abandon();
@@ -255,6 +280,7 @@ impl Server {
         self.shutdown();
         let mut state = self.state();
         state.listener = None;
+        state.closed = true;
         if let Some(runtime) = state.runtime.take() {
             runtime.shutdown_background();
         }
