@@ -4,7 +4,8 @@
 //! Each connection accepted takes a handshake place first (see
 //! `admission`); one is held while the server makes room, the rest wait in
 //! the listen backlog. Each connection task owns its place, then its slot.
-//! Shutdown in three visible steps: decide (cancel the token), tell (every
+//! Shutdown in three visible steps: decide (cancel the token; the listener
+//! closes at once, after taking what the kernel had queued), tell (every
 //! connection `select!`s on it), wait (`TaskTracker::close` + `wait`).
 
 use std::io;
