@@ -270,6 +270,23 @@ def _open_resources() -> tuple[int, int]:
     return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_serving_again_and_again_leaks_no_descriptor() -> None:
+    # Each shutdown closes the listening socket; each start opens a new one.
+    server = sockdemo.Server(port=0)
+    port = server.server_address[1]
+    server.start()
+    server.shutdown()
+    descriptors = _open_resources()[1]
+    for i in range(20):
+        server.start()
+        with sockdemo.Client("127.0.0.1", port, timeout=10) as client:
+            assert client.request(f"round {i}") == f"Server received: round {i}"
+        server.shutdown()
+    assert _open_resources()[1] == descriptors
+    server.server_close()
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 def test_a_handler_that_refers_back_to_its_server_is_collected() -> None:
     gc.collect()
