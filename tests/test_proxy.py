@@ -19,7 +19,7 @@ import pytest
 
 import sockdemo
 import sockdemo.aio
-from conftest import frame, read_frame, read_until_closed, recv_exactly, wait_until
+from conftest import PREFIX, frame, read_frame, read_until_closed, recv_exactly, wait_until
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -159,3 +159,16 @@ def test_the_async_server_sees_the_client_too() -> None:
 
     assert asyncio.run(main()) == b"ok"
     assert peers == [CLIENT]
+
+
+def test_a_client_that_connected_as_shutdown_came_is_served_behind_the_proxy() -> None:
+    server = sockdemo.Server(port=0, proxy_protocol=True)
+    # Header and message sent before the server accepts anyone: the
+    # listener's last client when shutdown comes at once.
+    sock = socket.create_connection(server.server_address[:2], timeout=10)
+    sock.sendall(v1_header(CLIENT, server.server_address) + b"late")
+    server.start()
+    server.shutdown()
+    assert read_until_closed(sock) == PREFIX + b"late"
+    sock.close()
+    server.server_close()

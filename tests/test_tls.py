@@ -7,6 +7,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -232,3 +233,44 @@ def test_the_client_command_says_which_side_speaks_tls(run, serve, cert) -> None
     ).finish()
     assert code == 1
     assert any("does not speak TLS" in line for line in lines), lines
+
+
+def test_a_client_that_connected_as_shutdown_came_finishes_its_handshake(cert) -> None:
+    server = sockdemo.Server(port=0, certfile=cert[0], keyfile=cert[1])
+    # Connected, with its ClientHello sent, before the server accepts anyone:
+    # the listener's last client when shutdown comes at once.
+    raw = socket.create_connection(server.server_address[:2], timeout=10)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = ssl.create_default_context(cafile=str(cert[0]))
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    raw.sendall(outgoing.read())
+    server.start()
+    stopping = threading.Thread(target=server.shutdown)
+    stopping.start()
+
+    def receive() -> None:
+        data = raw.recv(65536)
+        assert data, "closed before the reply"
+        incoming.write(data)
+
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            receive()
+    tls.write(b"late")
+    raw.sendall(outgoing.read())
+    reply = b""
+    while len(reply) < len(PREFIX) + 4:
+        try:
+            reply += tls.read(4096)
+        except ssl.SSLWantReadError:
+            receive()
+    assert reply == PREFIX + b"late"
+    raw.close()
+    stopping.join(10)
+    assert not stopping.is_alive()
+    server.server_close()

@@ -48,7 +48,9 @@ const MAX_READ: usize = 256 * 1024;
 const MAX_READ_AHEAD: usize = 256 * 1024;
 /// Replies buffered before they are written even if more messages wait.
 pub(super) const FLUSH_AT: usize = 256 * 1024;
-/// How long a reply already being written may take once shutdown is asked.
+/// How long a connection still has once shutdown is asked: to finish a
+/// reply it is writing, or, accepted a moment before, to finish opening and
+/// say its first message.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// Why a connection was closed before it opened, in the log.
@@ -153,8 +155,8 @@ pub(crate) async fn serve<S: Socket>(
     let peer = match &shared.config.proxy {
         None => peer,
         Some(policy) => {
-            match proxy::client_behind_proxy(&mut stream, peer, handshake, &shutdown, policy).await
-            {
+            let stop = stop_opening(&shutdown, &registered);
+            match proxy::client_behind_proxy(&mut stream, peer, handshake, stop, policy).await {
                 Ok(client) => client,
                 Err(_) if registered.evicted_opening() => {
                     counted.closed(Ok(Closed::Evicted));
@@ -184,7 +186,8 @@ pub(crate) async fn serve<S: Socket>(
     let name: Arc<str> = py_address(peer).into();
     info!("Connected by {name}");
     let tls = shared.tls.as_ref();
-    let result = match transport::open(stream, tls, handshake, &shutdown).await {
+    let stop = stop_opening(&shutdown, &registered);
+    let result = match transport::open(stream, tls, handshake, stop).await {
         Ok(transport) => {
             registered.reached(Milestone::Open, 0);
             let mut conn = Connection {
@@ -259,6 +262,17 @@ pub(crate) async fn serve<S: Socket>(
         Err(e) => warn!("Connection with {name} failed: {e}"),
     }
     log!(session.close_level, "Connection with {name} closed.");
+}
+
+/// Resolves once a connection still opening (PROXY header, TLS handshake)
+/// must give up: at once when it is closed to make room for a newcomer, a
+/// grace period after shutdown otherwise, so that a client that connected
+/// as shutdown came (the listener's last, say) still gets its answer.
+async fn stop_opening(shutdown: &CancellationToken, registered: &Registered<'_>) {
+    shutdown.cancelled().await;
+    if !registered.evicted_opening() {
+        sleep(SHUTDOWN_GRACE).await;
+    }
 }
 
 /// Every whole message already received is answered before the next read, and

@@ -24,7 +24,6 @@ use ppp::HeaderResult;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::transport::until;
 use crate::error::{Error, Result};
@@ -185,12 +184,13 @@ async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Res
 }
 
 /// Reads the PROXY header of a connection from `peer`, bounded like a
-/// message by the message timeout; returns the client it names.
+/// message by the message timeout, and given up (`Interrupted`) once `stop`
+/// resolves; returns the client it names.
 pub(crate) async fn client_behind_proxy<S: Socket>(
     stream: &mut S,
     peer: SocketAddr,
     limit: Option<Duration>,
-    shutdown: &CancellationToken,
+    stop: impl Future<Output = ()>,
     policy: &ProxyPolicy,
 ) -> Result<SocketAddr> {
     let header = until(
@@ -199,7 +199,7 @@ pub(crate) async fn client_behind_proxy<S: Socket>(
     );
     tokio::select! {
         result = header => result.unwrap_or(Err(Error::Timeout(limit.unwrap_or_default()))),
-        _ = shutdown.cancelled() => Err(Error::Io(io::ErrorKind::Interrupted.into())),
+        () = stop => Err(Error::Io(io::ErrorKind::Interrupted.into())),
     }
 }
 

@@ -14,18 +14,18 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::socket::Socket;
 
 /// Turns an accepted socket into a transport, doing the TLS handshake if the
-/// server has a certificate. The handshake is bounded by the message timeout.
+/// server has a certificate. The handshake is bounded by the message timeout,
+/// and given up (`Interrupted`) once `stop` resolves.
 pub(crate) async fn open<S: Socket>(
     stream: S,
     tls: Option<&TlsAcceptor>,
     limit: Option<Duration>,
-    shutdown: &CancellationToken,
+    stop: impl Future<Output = ()>,
 ) -> Result<Transport<S>> {
     // Replies are written whole; waiting for more data to coalesce only adds latency.
     let _ = stream.set_nodelay(true);
@@ -43,7 +43,7 @@ pub(crate) async fn open<S: Socket>(
             Some(Err(e)) => Err(Error::from_io(e)),
             None => Err(Error::Timeout(limit.unwrap_or_default())),
         },
-        _ = shutdown.cancelled() => Err(Error::Io(io::ErrorKind::Interrupted.into())),
+        () = stop => Err(Error::Io(io::ErrorKind::Interrupted.into())),
     }
 }
 
