@@ -147,10 +147,13 @@ def write(version):
     with open("pids.py", "w") as f:
         f.write("import os\ndef handler(m):\n    return %r + ' ' + str(os.getpid())\n" % version)
 
+# Over TLS when given a certificate: its handshake must survive a reload too.
+cafile = os.environ.get("CAFILE")
+tls = ["--certfile", cafile, "--keyfile", os.environ["KEYFILE"]] if cafile else []
 write("v1")
 boss = subprocess.Popen(
     [sys.executable, "-m", "sockdemo", "server", "--port", "0", "--workers", "2",
-     "--handler", "pids:handler", "--log-level", "warning"],
+     "--handler", "pids:handler", "--log-level", "warning", *tls],
     stdout=subprocess.PIPE, text=True)
 port = int(boss.stdout.readline().rsplit(":", 1)[1])
 lines = []
@@ -166,7 +169,7 @@ failures, answered = [], [0]
 def hammer():
     while not done.is_set():
         try:
-            with sockdemo.Client("127.0.0.1", port, timeout=10) as c:
+            with sockdemo.Client("127.0.0.1", port, timeout=10, cafile=cafile) as c:
                 c.request("who")
                 answered[0] += 1
         except OSError as exc:
@@ -180,7 +183,7 @@ boss.send_signal(signal.SIGHUP)
 done.wait(60)
 for t in threads:
     t.join()
-with sockdemo.Client("127.0.0.1", port, timeout=10) as c:
+with sockdemo.Client("127.0.0.1", port, timeout=10, cafile=cafile) as c:
     version = c.request("who").split()[0]
 boss.send_signal(signal.SIGTERM)
 boss.wait(30)
@@ -189,17 +192,22 @@ print(json.dumps({"failures": failures, "answered": answered[0], "version": vers
 """
 
 
-def test_a_reload_under_load_refuses_no_connection(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_reload_under_load_refuses_no_connection(tmp_path: Path, tls: bool) -> None:
     """Run in a private network namespace where net.ipv4.tcp_migrate_req can be 1,
     as the README advises, without touching the machine's own setting."""
     setup = "ip link set lo up && sysctl -qw net.ipv4.tcp_migrate_req=1"
     probe = subprocess.run(["unshare", "-n", "sh", "-c", setup], capture_output=True, text=True)
     if shutil.which("unshare") is None or probe.returncode != 0:
         pytest.skip(f"no private network namespace with tcp_migrate_req here: {probe.stderr}")
+    certificate = {}
+    if tls:
+        cert, key = sockdemo.generate_self_signed(tmp_path)
+        certificate = {"CAFILE": str(cert), "KEYFILE": str(key)}
     done = subprocess.run(
         ["unshare", "-n", "sh", "-c", f'{setup} && {sys.executable} -c "$PROGRAM"'],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env=dict(os.environ, PROGRAM=RELOAD_UNDER_LOAD),
+        env=dict(os.environ, PROGRAM=RELOAD_UNDER_LOAD, **certificate),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
