@@ -51,6 +51,18 @@ struct Running {
     done: Arc<Completion>,
 }
 
+impl State {
+    /// Asks the serving task to stop, and closes the listening socket now
+    /// rather than when the drain is over (the task's own handle goes as it
+    /// sees the token).
+    fn stop(&mut self) {
+        if let Some(running) = &self.running {
+            running.shutdown.cancel();
+            self.listener = None;
+        }
+    }
+}
+
 impl Server {
     /// Binds `host:port` (port 0 picks a free port) and prepares to serve.
     ///
@@ -226,11 +238,7 @@ impl Server {
     /// Asks the server to stop (as [`Server::shutdown`]) without waiting;
     /// [`Server::wait`] tells when it has.
     pub fn stop(&self) {
-        let mut state = self.state();
-        if let Some(running) = &state.running {
-            running.shutdown.cancel();
-            state.listener = None;
-        }
+        self.state().stop();
     }
 
     /// Stops listening (new clients are refused from now on; starting again
@@ -247,14 +255,10 @@ impl Server {
         }
         let running = {
             let mut state = self.state();
-            let running = state.running.take();
-            if running.is_some() {
-                state.listener = None;
-            }
-            running
+            state.stop();
+            state.running.take()
         };
         if let Some(running) = running {
-            running.shutdown.cancel();
             running.done.wait(None);
         }
     }
@@ -263,10 +267,8 @@ impl Server {
     /// running to finish on their own: for a second Ctrl+C.
     pub fn abandon(&self) {
         let mut state = self.state();
-        if let Some(running) = state.running.take() {
-            running.shutdown.cancel();
-            state.listener = None;
-        }
+        state.stop();
+        state.running = None;
         if let Some(runner) = &self.shared.runner {
             runner.abandon();
         }
