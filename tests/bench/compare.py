@@ -178,13 +178,15 @@ class ServerProcess:
             preexec_fn=pin(cores),
         )
         assert self.proc.stdout is not None
+        self.reader: threading.Thread | None = None
         first = self.proc.stdout.readline().strip()
         if "listening on" not in first:
             self.stop()
             raise RuntimeError(f"{argv[0]} did not start: {first!r}")
         self.port = int(first.rsplit(":", 1)[1])
         # Keep reading so a chatty server never blocks on a full pipe.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        self.reader = threading.Thread(target=self.proc.stdout.read, daemon=True)
+        self.reader.start()
 
     def cpu_seconds(self) -> float:
         """CPU time of the server and its child processes (``--workers``)."""
@@ -201,6 +203,26 @@ class ServerProcess:
                 ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def handler_thread_times(self) -> tuple[float, float]:
+        """Seconds the server's handler threads have spent on a core, and
+        runnable but waiting for one (``/proc/PID/task/*/schedstat``): a
+        handler thread that is neither is waiting for work. The server
+        process's own threads: not those of ``--workers`` children."""
+        on_core = waiting = 0
+        tasks = f"/proc/{self.proc.pid}/task"
+        for tid in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{tid}/comm") as comm:
+                    if not comm.read().startswith("sockdemo-handle"):
+                        continue
+                with open(f"{tasks}/{tid}/schedstat") as schedstat:
+                    ran, waited, _ = map(int, schedstat.read().split())
+            except OSError:
+                continue  # retired meanwhile
+            on_core += ran
+            waiting += waited
+        return on_core / 1e9, waiting / 1e9
+
     def peak_rss_mib(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as status:
             for line in status:
@@ -215,6 +237,11 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        # The reader ends at the pipe's end, once the server has exited.
+        if self.reader is not None:
+            self.reader.join(10)
+        if self.proc.stdout is not None and not (self.reader and self.reader.is_alive()):
+            self.proc.stdout.close()
 
 
 @dataclass
@@ -230,6 +257,10 @@ class Sample:
     # A slow handler's call, timed in this process around the run: the
     # machine's speed drifts over minutes, so a bound is paired with its round.
     call_us: float = float("nan")
+    # The handler threads' time during the run, as shares of its wall time:
+    # on a core, and runnable but waiting for one.
+    handler_on_core: float = float("nan")
+    handler_waiting: float = float("nan")
 
 
 @dataclass
@@ -274,6 +305,8 @@ def measure(argv: list[str], workload: Workload, duration: float, cores: set[int
     try:
         cpu_before = server.cpu_seconds()
         load_before = _own_cpu_seconds()
+        handler_before = server.handler_thread_times()
+        started = time.monotonic()
         report = sockdemo.bench(
             "127.0.0.1",
             server.port,
@@ -285,6 +318,10 @@ def measure(argv: list[str], workload: Workload, duration: float, cores: set[int
         )
         cpu = server.cpu_seconds() - cpu_before
         load_cpu = _own_cpu_seconds() - load_before
+        wall = time.monotonic() - started
+        on_core, waiting = (
+            after - before for after, before in zip(server.handler_thread_times(), handler_before)
+        )
         peak = server.peak_rss_mib()
     finally:
         server.stop()
@@ -296,6 +333,8 @@ def measure(argv: list[str], workload: Workload, duration: float, cores: set[int
         peak_rss_mib=peak,
         errors=report["errors"],
         load_cpu_us_per_request=load_cpu / max(report["requests"], 1) * 1e6,
+        handler_on_core=on_core / wall,
+        handler_waiting=waiting / wall,
     )
 
 
@@ -345,6 +384,12 @@ def bounds(rows: list[Row]) -> list[str]:
     round's run, the network work from the echo's run in the same round.
     A machine whose speed drifts between rounds (a shared one) then moves
     the bound and the figure together.
+
+    Beside the bounds, where the handler thread's time went: on a core,
+    runnable but waiting for one (the machine is full), or neither (waiting
+    for work: the network side is behind); and how much of its time on a
+    core the calls themselves account for (the rest is the thread's own
+    overhead: taking jobs, writing replies, waking the network threads).
     """
     by_key = {(r.workload, r.server): r for r in rows}
     cores = len(os.sched_getaffinity(0))
@@ -363,6 +408,11 @@ def bounds(rows: list[Row]) -> list[str]:
             if same_round is not None:
                 network = same_round.cpu_us_per_request + same_round.load_cpu_us_per_request
                 of_machine.append(sample.rps * (sample.call_us + network) / (cores * 1e6))
+        calls_share = [
+            s.rps * s.call_us / 1e6 / s.handler_on_core
+            for s in served.samples
+            if s.handler_on_core > 0
+        ]
         call = served.median("call_us")
         line = (
             f"| {workload.name} | {call:.1f} ({served.spread('call_us', '.1f')}) "
@@ -374,10 +424,17 @@ def bounds(rows: list[Row]) -> list[str]:
             network = echo.median("cpu_us_per_request") + echo.median("load_cpu_us_per_request")
             line += (
                 f" | {network:.1f} | {cores * 1e6 / (call + network):,.0f} "
-                f"| {with_spread(of_machine)} |"
+                f"| {with_spread(of_machine)}"
             )
         else:
-            line += " | - | - | - |"
+            line += " | - | - | -"
+        on_core = [s.handler_on_core for s in served.samples]
+        waiting = [s.handler_waiting for s in served.samples]
+        idle = [max(0.0, 1 - a - b) for a, b in zip(on_core, waiting)]
+        line += (
+            f" | {with_spread(on_core)} | {with_spread(waiting)} | {with_spread(idle)} "
+            f"| {with_spread(calls_share) if calls_share else '-'} |"
+        )
         lines.append(line)
     if not lines:
         return []
@@ -388,12 +445,16 @@ def bounds(rows: list[Row]) -> list[str]:
         f"({cores} cores), where each request also costs the network work of the server and "
         "of the load generator (CPU per request of sockdemo's echo on the same workload, both "
         "sides): at most cores / (handler + network work). Each round is set against its own "
-        "bounds; medians with their spread over rounds.",
+        "bounds; medians with their spread over rounds. Then where the handler thread's time "
+        "went (`/proc/PID/task/*/schedstat`, as shares of the run's wall time): on a core, "
+        "runnable but waiting for one (the machine is full), or waiting for work; and the share "
+        "of its time on a core that the calls account for.",
         "",
         "| workload | handler µs/call | one-core bound req/s | sockdemo + handler req/s "
         "| of one-core bound | network CPU µs/req (server + load) | machine bound req/s "
-        "| of machine bound |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| of machine bound | handler thread on a core | waiting for a core "
+        "| waiting for work | calls' share of its core time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *lines,
     ]
 
