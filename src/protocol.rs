@@ -207,17 +207,35 @@ impl Codec {
     /// [`Error::MessageTooLarge`] if a framed message cannot be expressed in
     /// a 4-byte length.
     pub fn encode(&self, parts: &[&[u8]], out: &mut Vec<u8>) -> crate::Result<()> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.encode_head(parts, 0, out)
+    }
+
+    /// Appends the start of one message: `parts`, which `then` more bytes
+    /// will follow that the caller sends itself (framed, the length counts
+    /// them). The server echoes a large payload this way, from where it was
+    /// read, without copying it into the reply.
+    ///
+    /// # Errors
+    ///
+    /// As [`Codec::encode`].
+    pub fn encode_head(
+        &self,
+        parts: &[&[u8]],
+        then: usize,
+        out: &mut Vec<u8>,
+    ) -> crate::Result<()> {
+        let here: usize = parts.iter().map(|p| p.len()).sum();
         if self.protocol == Protocol::Framed {
+            let len = here + then;
             let header = u32::try_from(len).map_err(|_| Error::MessageTooLarge {
                 size: len,
                 limit: MAX_FRAME_LEN,
                 hint: "",
             })?;
-            out.reserve(FRAME_HEADER_LEN + len);
+            out.reserve(FRAME_HEADER_LEN + here);
             out.extend_from_slice(&header.to_be_bytes());
         } else {
-            out.reserve(len);
+            out.reserve(here);
         }
         for part in parts {
             out.extend_from_slice(part);

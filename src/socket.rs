@@ -8,7 +8,7 @@
 //! things the connection asks of the socket itself.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -58,12 +58,31 @@ pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// [`io::ErrorKind::WouldBlock`] when it takes nothing.
     fn try_write(&self, data: &[u8]) -> io::Result<usize>;
 
+    /// As [`Socket::try_write`], for `parts` sent back to back in one
+    /// system call (see [`send_vectored`]).
+    fn try_write_vectored(&self, parts: &[IoSlice<'_>]) -> io::Result<usize>;
+
     /// Reads what has arrived, without waiting;
     /// [`io::ErrorKind::WouldBlock`] when nothing has.
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
 
     /// Sends small writes at once rather than waiting to coalesce them.
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()>;
+}
+
+/// Sends `parts` back to back on `socket` in one `sendmsg`, so that a reply
+/// made of pieces in different buffers needs no copy to join them. With
+/// `MSG_NOSIGNAL` where there is one, as std's own `send` does: a peer that
+/// has gone must be an `EPIPE`, never a signal (`writev` would raise one).
+pub(crate) fn send_vectored(
+    socket: socket2::SockRef<'_>,
+    parts: &[IoSlice<'_>],
+) -> io::Result<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const NO_SIGNAL: std::ffi::c_int = libc::MSG_NOSIGNAL;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const NO_SIGNAL: std::ffi::c_int = 0;
+    socket.send_vectored_with_flags(parts, NO_SIGNAL)
 }
 
 impl Socket for TcpStream {
@@ -77,6 +96,13 @@ impl Socket for TcpStream {
 
     fn try_write(&self, data: &[u8]) -> io::Result<usize> {
         TcpStream::try_write(self, data)
+    }
+
+    fn try_write_vectored(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        // Through tokio, so that a WouldBlock clears its readiness.
+        self.try_io(tokio::io::Interest::WRITABLE, || {
+            send_vectored(socket2::SockRef::from(self), parts)
+        })
     }
 
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {

@@ -62,6 +62,37 @@ fn pipelined_frames_round_trip_in_order() {
     }
 }
 
+/// Large payloads, echoed from the read buffer beside their headers rather
+/// than copied, keep their place among small ones byte for byte, also when
+/// the socket takes the replies a piece at a time; a `bye` behind them
+/// still ends the session.
+#[test]
+fn large_and_small_frames_interleaved_come_back_byte_for_byte() {
+    let server = start(Config {
+        max_message_size: 1 << 20,
+        ..framed()
+    });
+    let mut sock = server.connect();
+    let messages: Vec<Vec<u8>> = (0..24usize)
+        .map(|i| {
+            let len = [3, 4096 + i, 700_000 + i][i % 3];
+            (0..len).map(|j| (i * 31 + j * 7 % 251) as u8).collect()
+        })
+        .collect();
+    let mut stream: Vec<u8> = messages.iter().flat_map(|m| frame(m)).collect();
+    stream.extend(frame(b"bye"));
+    let mut writer = sock.try_clone().unwrap();
+    let sender = std::thread::spawn(move || send(&mut writer, &stream));
+    for (i, message) in messages.iter().enumerate() {
+        let reply = read_frame(&mut sock);
+        assert_eq!(&reply[..PREFIX.len()], PREFIX, "reply {i}");
+        assert!(reply[PREFIX.len()..] == message[..], "reply {i} differs");
+    }
+    assert_eq!(read_frame(&mut sock), BYE);
+    assert!(read_until_closed(&mut sock).is_empty());
+    sender.join().unwrap();
+}
+
 /// A declared length over the limit gets an error frame and a close.
 #[test]
 fn oversized_length_is_refused_from_the_header() {
@@ -74,6 +105,25 @@ fn oversized_length_is_refused_from_the_header() {
     assert_eq!(
         read_frame(&mut sock),
         b"Error: message of 11 bytes exceeds the limit of 10 bytes"
+    );
+    assert_eq!(read_to_close(&mut sock), b"");
+}
+
+/// A refused header behind a large frame: the large frame's echo, written
+/// from the read buffer, goes out first, then the refusal, then the close.
+#[test]
+fn a_refusal_follows_the_large_echo_before_it() {
+    let server = start(Config {
+        max_message_size: 10_000,
+        ..framed()
+    });
+    let mut sock = server.connect();
+    let large = vec![b'L'; 9_000];
+    send(&mut sock, &[frame(&large), vec![0, 0, 0x27, 0x11]].concat());
+    assert_eq!(read_frame(&mut sock), [PREFIX, &large].concat());
+    assert_eq!(
+        read_frame(&mut sock),
+        b"Error: message of 10001 bytes exceeds the limit of 10000 bytes"
     );
     assert_eq!(read_to_close(&mut sock), b"");
 }

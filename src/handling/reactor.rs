@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -25,7 +25,7 @@ use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::Handle;
 
-use crate::socket::{RawDescriptor, Socket, duplicate};
+use crate::socket::{RawDescriptor, Socket, duplicate, send_vectored};
 
 /// The bell's place among the sockets' tokens (which are slab keys).
 const BELL: Token = Token(usize::MAX);
@@ -587,6 +587,15 @@ impl Socket for LoopStream {
     fn try_write(&self, data: &[u8]) -> io::Result<usize> {
         let seen = self.source.tick();
         let result = (&self.io).write(data);
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            self.source.clear(WRITABLE, seen);
+        }
+        result
+    }
+
+    fn try_write_vectored(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        let seen = self.source.tick();
+        let result = send_vectored(socket2::SockRef::from(&self.io), parts);
         if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
             self.source.clear(WRITABLE, seen);
         }

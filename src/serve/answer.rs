@@ -5,6 +5,9 @@
 //! whose replies come back through the outbox. `bye` and refused frames are
 //! answered here, never by the handler.
 
+use std::io::IoSlice;
+use std::ops::Range;
+
 use bytes::{Buf, BytesMut};
 use log::log;
 
@@ -26,9 +29,45 @@ enum Unsent {
     From(usize),
 }
 
+/// Echo replies on their way out: headers, prefixes and small payloads
+/// copied into `out`; large payloads left where they were read, each
+/// recorded with the point of `out` it follows, and written with it in one
+/// `sendmsg`. A copy of 100 KiB can cost more than the `recv` and `send`
+/// that move it: on the AMD EPYC (Zen 3) the benchmarks run on, glibc's
+/// `memcpy` moves 2 GB/s instead of 45 when source and destination sit at
+/// nearly the same offset in their pages, as two large allocations do.
+#[derive(Default)]
+struct Echoes {
+    out: Vec<u8>,
+    borrowed: Vec<(usize, Range<usize>)>,
+    borrowed_len: usize,
+}
+
+impl Echoes {
+    /// A payload this large is borrowed, not copied: a page, past which a
+    /// copy costs more than the `iovec` that spares it. A flush of
+    /// [`FLUSH_AT`] bytes then has at most 65 borrowed payloads, 131 parts,
+    /// far below the limit on one `sendmsg` (1,024 on Linux and macOS).
+    const BORROW_AT: usize = 4096;
+
+    /// The payload at `payload` in the read buffer follows what `out` holds.
+    fn borrow(&mut self, payload: Range<usize>) {
+        self.borrowed_len += payload.len();
+        self.borrowed.push((self.out.len(), payload));
+    }
+
+    /// Bytes of replies, borrowed ones included.
+    fn len(&self) -> usize {
+        self.out.len() + self.borrowed_len
+    }
+}
+
 impl<S: Socket> Connection<'_, S> {
     /// Answers every whole message at the front of `inbuf` with the echo,
-    /// at most `allowance` of them.
+    /// at most `allowance` of them. A large payload is written from `inbuf`
+    /// itself, beside its header and prefix, rather than copied into the
+    /// reply (see [`Echoes`]); `inbuf` lets go of the messages once their
+    /// replies are written.
     pub(super) async fn echo(
         &mut self,
         inbuf: &mut BytesMut,
@@ -40,42 +79,102 @@ impl<S: Socket> Connection<'_, S> {
         let shared = self.shared;
         let codec = &shared.codec;
         let mut batch = Batch::default();
-        let mut out = Vec::new();
+        let mut echoes = Echoes::default();
+        // How much of `inbuf` is answered, its replies not yet written.
+        let mut answered = 0;
         let mut unflushed: u64 = 0;
         loop {
             if allowance.is_some_and(|max| batch.taken >= max) {
                 batch.end = Some(End::Limit);
                 break;
             }
-            let frame = match codec.decode(inbuf) {
+            let frame = match codec.decode(&inbuf[answered..]) {
                 Ok(Decoded::Message(frame)) => frame,
                 Ok(Decoded::Incomplete { needed }) => {
                     batch.needed = needed;
                     break;
                 }
                 Err(e) => {
-                    self.refuse(&e, out, unflushed).await;
+                    // The replies due first, then the refusal.
+                    let written = self.flush_echoes(inbuf, &mut echoes, unflushed).await;
+                    inbuf.advance(answered);
+                    if written.is_ok() {
+                        self.refuse(&e, Vec::new(), 0).await;
+                    }
                     return Err(e);
                 }
             };
-            let message = &inbuf[frame.payload.clone()];
+            let payload = answered + frame.payload.start..answered + frame.payload.end;
+            let message = &inbuf[payload.clone()];
             self.log_message(message);
-            if codec.encode_reply(&shared.config.reply_prefix, message, &mut out)? == Reply::Bye {
+            let prefix = shared.config.reply_prefix.as_slice();
+            let reply = if message.len() >= Echoes::BORROW_AT && !is_bye(message) {
+                codec.encode_head(&[prefix], message.len(), &mut echoes.out)?;
+                echoes.borrow(payload);
+                Reply::Echo
+            } else {
+                codec.encode_reply(prefix, message, &mut echoes.out)?
+            };
+            if reply == Reply::Bye {
                 batch.end = Some(End::Bye);
             }
-            inbuf.advance(frame.consumed());
+            answered += frame.consumed();
             batch.taken += 1;
             unflushed += 1;
             if batch.end.is_some() {
                 break;
             }
-            if out.len() >= FLUSH_AT {
-                self.flush(&mut out, unflushed).await?;
+            if echoes.len() >= FLUSH_AT {
+                self.flush_echoes(inbuf, &mut echoes, unflushed).await?;
+                inbuf.advance(answered);
+                answered = 0;
                 unflushed = 0;
             }
         }
-        self.flush(&mut out, unflushed).await?;
+        let written = self.flush_echoes(inbuf, &mut echoes, unflushed).await;
+        inbuf.advance(answered);
+        written?;
         Ok(batch)
+    }
+
+    /// Writes `echoes`, the replies to `messages` messages whose large
+    /// payloads are still in `inbuf`, in one system call when the socket
+    /// takes them; `echoes` is empty again after.
+    async fn flush_echoes(
+        &mut self,
+        inbuf: &[u8],
+        echoes: &mut Echoes,
+        messages: u64,
+    ) -> Result<()> {
+        if echoes.borrowed.is_empty() {
+            return self.flush(&mut echoes.out, messages).await;
+        }
+        // Boxed: a connection's task is as large as the largest future it
+        // may await (`a_connection_task_stays_small`), and this one, for
+        // payloads of a page or more, costs an allocation beside them.
+        Box::pin(self.flush_borrowed(inbuf, echoes, messages)).await
+    }
+
+    async fn flush_borrowed(
+        &mut self,
+        inbuf: &[u8],
+        echoes: &mut Echoes,
+        messages: u64,
+    ) -> Result<()> {
+        let mut parts = Vec::with_capacity(2 * echoes.borrowed.len() + 1);
+        let mut from = 0;
+        for (at, payload) in &echoes.borrowed {
+            parts.push(IoSlice::new(&echoes.out[from..*at]));
+            parts.push(IoSlice::new(&inbuf[payload.clone()]));
+            from = *at;
+        }
+        parts.push(IoSlice::new(&echoes.out[from..]));
+        parts.retain(|part| !part.is_empty());
+        // Counted before the peer can see the replies, as `flush` does.
+        self.shared.stats.answered(messages, echoes.len());
+        let written = self.write_parts(&mut parts).await;
+        *echoes = Echoes::default();
+        written
     }
 
     /// Raw with no prefix, the replies are the bytes read, cut as a raw read
@@ -251,7 +350,7 @@ impl<S: Socket> Connection<'_, S> {
                 let delivered = self.outbox().map(|o| o.take()).unwrap_or_default();
                 self.absorb(delivered).await
             }
-            Ok(Unsent::From(n)) => self.write_rest(&out[n..]).await,
+            Ok(Unsent::From(n)) => self.write_rest(self.write_deadline(), &out[n..]).await,
             Err(e) => Err(e),
         };
         self.report(written, error).await

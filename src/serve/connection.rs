@@ -11,7 +11,7 @@
 //! outbox; `bye` and the echo never wait on the handler.
 
 use std::future::pending;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -687,19 +687,39 @@ impl<S: Socket> Connection<'_, S> {
         }
         let written = self.transport.write_now(out)?;
         if written < out.len() {
-            self.write_rest(&out[written..]).await?;
+            self.write_rest(self.write_deadline(), &out[written..])
+                .await?;
         }
         Ok(())
     }
 
-    /// Writes what the socket did not take at once, bounded by the write
-    /// timeout and, once shutdown is asked, by a short grace period.
-    pub(super) async fn write_rest(&mut self, rest: &[u8]) -> Result<()> {
+    /// As [`Connection::write`], for `parts` sent back to back in one
+    /// system call when the socket takes them; the write timeout bounds
+    /// them all together.
+    pub(super) async fn write_parts(&mut self, mut parts: &mut [IoSlice<'_>]) -> Result<()> {
+        self.transport.write_now_vectored(&mut parts)?;
+        let deadline = self.write_deadline();
+        for part in parts.iter() {
+            self.write_rest(deadline, part).await?;
+        }
+        Ok(())
+    }
+
+    /// When a write that starts now must be done by, if ever.
+    pub(super) fn write_deadline(&self) -> Option<Instant> {
+        self.shared.config.write_timeout.map(|t| Instant::now() + t)
+    }
+
+    /// Writes what the socket did not take at once, by `deadline` (see
+    /// [`Connection::write_deadline`]) and, once shutdown is asked, within a
+    /// short grace period.
+    pub(super) async fn write_rest(
+        &mut self,
+        deadline: Option<Instant>,
+        rest: &[u8],
+    ) -> Result<()> {
         let config = &self.shared.config;
-        let write = until(
-            config.write_timeout.map(|t| Instant::now() + t),
-            self.transport.write_all(rest),
-        );
+        let write = until(deadline, self.transport.write_all(rest));
         let grace = async {
             self.shutdown.cancelled().await;
             sleep(SHUTDOWN_GRACE).await;

@@ -5,7 +5,7 @@
 //! without waiting, since most replies fit its buffer whole.
 
 use std::future::{Future, poll_fn};
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -102,6 +102,25 @@ impl<S: Socket> Transport<S> {
             }
         }
         Ok(written)
+    }
+
+    /// As [`Transport::write_now`], for `parts` sent back to back in one
+    /// system call (a reply whose payload stays in the read buffer);
+    /// `parts` is left holding what the socket did not take.
+    pub(crate) fn write_now_vectored(&mut self, parts: &mut &mut [IoSlice<'_>]) -> io::Result<()> {
+        let Transport::Plain(stream) = self else {
+            return Ok(());
+        };
+        while !parts.is_empty() {
+            match stream.try_write_vectored(parts) {
+                // The kernel never takes more than it was given.
+                Ok(n) if n > 0 => IoSlice::advance_slices(parts, n),
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
