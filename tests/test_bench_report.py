@@ -57,33 +57,31 @@ def test_an_echo_server_has_no_handler_thread_to_read() -> None:
         server.stop()
 
 
+def sample(rps: float, cpu_us: float, load_cpu_us: float, **measured: float) -> compare.Sample:
+    """A round's figures: what the bounds table reads, the rest plausible."""
+    return compare.Sample(
+        rps=rps,
+        mib_s=rps * 64 / 2**20,
+        p99_ms=4.0,
+        cpu_us_per_request=cpu_us,
+        peak_rss_mib=26.0,
+        errors=0,
+        load_cpu_us_per_request=load_cpu_us,
+        **measured,
+    )
+
+
 def test_the_bounds_table_says_where_the_handler_threads_time_went() -> None:
     workload = next(w for w in compare.WORKLOADS if w.handler in compare.BOUNDED_HANDLERS)
     served = compare.Row(workload, "sockdemo + handler")
     echo = compare.Row(workload, "sockdemo echo (ceiling)")
     # 50k requests/s of 10 µs calls: half of one core in calls; the thread
     # was on a core 80% of the time, runnable but waiting 15%.
-    served.by_round[0] = compare.Sample(
-        rps=50_000,
-        mib_s=3.0,
-        p99_ms=4.0,
-        cpu_us_per_request=30.0,
-        peak_rss_mib=26.0,
-        errors=0,
-        load_cpu_us_per_request=8.0,
-        call_us=10.0,
-        handler_on_core=0.8,
-        handler_waiting=0.15,
+    served.by_round[0] = sample(
+        50_000, 30.0, 8.0, call_us=10.0, handler_on_core=0.8, handler_waiting=0.15
     )
-    echo.by_round[0] = compare.Sample(
-        rps=140_000,
-        mib_s=8.0,
-        p99_ms=4.0,
-        cpu_us_per_request=5.0,
-        peak_rss_mib=25.0,
-        errors=0,
-        load_cpu_us_per_request=5.0,
-    )
+    # The echo's network work: 5 µs of server and 5 of load CPU a request.
+    echo.by_round[0] = sample(140_000, 5.0, 5.0)
     lines = compare.bounds([served, echo])
     row = next(line for line in lines if line.startswith(f"| {workload.name} |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
