@@ -21,6 +21,14 @@ fn framed() -> Config {
     }
 }
 
+/// Framed, with messages of at most `limit` bytes.
+fn framed_up_to(limit: usize) -> Config {
+    Config {
+        max_message_size: limit,
+        ..framed()
+    }
+}
+
 fn never() -> sockdemo::Result<()> {
     Ok(())
 }
@@ -68,10 +76,7 @@ fn pipelined_frames_round_trip_in_order() {
 /// still ends the session.
 #[test]
 fn large_and_small_frames_interleaved_come_back_byte_for_byte() {
-    let server = start(Config {
-        max_message_size: 1 << 20,
-        ..framed()
-    });
+    let server = start(framed());
     let mut sock = server.connect();
     let messages: Vec<Vec<u8>> = (0..24usize)
         .map(|i| {
@@ -96,10 +101,7 @@ fn large_and_small_frames_interleaved_come_back_byte_for_byte() {
 /// A declared length over the limit gets an error frame and a close.
 #[test]
 fn oversized_length_is_refused_from_the_header() {
-    let server = start(Config {
-        max_message_size: 10,
-        ..framed()
-    });
+    let server = start(framed_up_to(10));
     let mut sock = server.connect();
     send(&mut sock, &[0, 0, 0, 11]);
     assert_eq!(
@@ -113,10 +115,7 @@ fn oversized_length_is_refused_from_the_header() {
 /// from the read buffer, goes out first, then the refusal, then the close.
 #[test]
 fn a_refusal_follows_the_large_echo_before_it() {
-    let server = start(Config {
-        max_message_size: 10_000,
-        ..framed()
-    });
+    let server = start(framed_up_to(10_000));
     let mut sock = server.connect();
     let large = vec![b'L'; 9_000];
     send(&mut sock, &[frame(&large), vec![0, 0, 0x27, 0x11]].concat());
@@ -131,10 +130,7 @@ fn a_refusal_follows_the_large_echo_before_it() {
 /// A frame of exactly the limit is answered; one byte more is refused.
 #[test]
 fn the_limit_is_inclusive() {
-    let config = Config {
-        max_message_size: 1000,
-        ..framed()
-    };
+    let config = framed_up_to(1000);
     let server = start(config);
     let mut sock = server.connect();
     let at_limit = vec![b'z'; 1000];
@@ -377,10 +373,7 @@ fn first_frames_under_way_stay_within_the_budget() {
 /// connection waits for it to read, within the write timeout.
 #[test]
 fn a_slow_reader_gets_large_replies_whole() {
-    let server = start(Config {
-        max_message_size: 8 << 20,
-        ..framed()
-    });
+    let server = start(framed_up_to(8 << 20));
     let mut sock = server.connect();
     // 24 MB of replies: far more than the socket buffers hold.
     let big = vec![b'q'; 6 << 20];

@@ -164,12 +164,16 @@ impl<S: Socket> Connection<'_, S> {
         let mut parts = Vec::with_capacity(2 * echoes.borrowed.len() + 1);
         let mut from = 0;
         for (at, payload) in &echoes.borrowed {
-            parts.push(IoSlice::new(&echoes.out[from..*at]));
+            // Two borrowed payloads in a row have nothing copied between them.
+            if *at > from {
+                parts.push(IoSlice::new(&echoes.out[from..*at]));
+            }
             parts.push(IoSlice::new(&inbuf[payload.clone()]));
             from = *at;
         }
-        parts.push(IoSlice::new(&echoes.out[from..]));
-        parts.retain(|part| !part.is_empty());
+        if echoes.out.len() > from {
+            parts.push(IoSlice::new(&echoes.out[from..]));
+        }
         // Counted before the peer can see the replies, as `flush` does.
         self.shared.stats.answered(messages, echoes.len());
         let written = self.write_parts(&mut parts).await;

@@ -698,6 +698,9 @@ impl<S: Socket> Connection<'_, S> {
     /// them all together.
     pub(super) async fn write_parts(&mut self, mut parts: &mut [IoSlice<'_>]) -> Result<()> {
         self.transport.write_now_vectored(&mut parts)?;
+        if parts.is_empty() {
+            return Ok(());
+        }
         let deadline = self.write_deadline();
         for part in parts.iter() {
             self.write_rest(deadline, part).await?;
